@@ -1,0 +1,143 @@
+"""The only code that speaks AMQP (aio-pika): topology, consumers, replies, dead letters and
+confirmed event publication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from jobservice.config import Settings, mask_url
+from jobservice.store import OutboxEvent
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "x-jobservice-error"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One received message, without aio-pika types leaking out of this module."""
+
+    body: bytes
+    reply_to: str | None
+    correlation_id: str | None
+    user_id: str | None
+    headers: dict[str, Any]
+    _message: AbstractIncomingMessage
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+
+class Broker:
+    """A robust connection (reconnects by itself) with one channel per concern."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._events: aio_pika.abc.AbstractExchange | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+
+    async def connect(self) -> None:
+        s = self._settings
+        log.info("connecting to AMQP %s", mask_url(s.amqp_url))
+        self._connection = await aio_pika.connect_robust(
+            s.amqp_url, client_properties={"connection_name": f"jobservice {s.instance_id}"})
+        channel = await self._connection.channel(publisher_confirms=True)
+        assert isinstance(channel, AbstractRobustChannel)
+        self._publish_channel = channel
+        self._events = await channel.declare_exchange(
+            s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        for queue in (s.submit_queue, s.submit_dlq, s.control_queue, s.control_dlq):
+            await channel.declare_queue(queue, durable=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and bool(
+            getattr(self._connection, "connected", asyncio.Event()).is_set())
+
+    async def consume(self, queue_name: str, prefetch: int,
+                      handler: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Deliver each message of `queue_name` to `handler`; it must ack (or requeue) it."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(queue_name, durable=True)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(Delivery(message.body, message.reply_to, message.correlation_id,
+                                   message.user_id, dict(message.headers or {}), message))
+
+        tag = await queue.consume(on_message, no_ack=False)
+        self._consumers.append((queue, tag))
+
+    async def stop_consuming(self) -> None:
+        """Stop taking new messages; unacked ones go back to the queue on close."""
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # broker away: the channel's close returns them anyway
+                log.debug("cancel of consumer %s failed", tag, exc_info=True)
+
+    async def publish_events(self, events: Sequence[OutboxEvent]) -> None:
+        """Publish with publisher confirms, pipelined; returns when all are confirmed.
+
+        Coroutines start in list order and write their frames in that order, so one job's
+        events reach the exchange in transition order."""
+        assert self._events is not None
+        exchange = self._events
+        await asyncio.gather(*[
+            exchange.publish(
+                aio_pika.Message(
+                    event.body.encode(), content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=str(event.event_id), headers={"x-jobservice-seq": event.seq},
+                ),
+                routing_key=event.routing_key, mandatory=False,
+            )
+            for event in events
+        ])
+
+    async def reply(self, delivery: Delivery, payload: dict[str, Any]) -> None:
+        if not delivery.reply_to:
+            return
+        assert self._publish_channel is not None
+        await self._publish_channel.default_exchange.publish(
+            aio_pika.Message(json.dumps(payload).encode(), content_type="application/json",
+                             correlation_id=delivery.correlation_id),
+            routing_key=delivery.reply_to, mandatory=False,
+        )
+
+    async def dead_letter(self, queue_name: str, delivery: Delivery, reason: str) -> None:
+        """Copy the message to its dead-letter queue with the reason (confirmed)."""
+        assert self._publish_channel is not None
+        headers = {k: v for k, v in delivery.headers.items() if k != ERROR_HEADER}
+        headers[ERROR_HEADER] = reason[:4000]
+        await self._publish_channel.default_exchange.publish(
+            aio_pika.Message(delivery.body, headers=headers, reply_to=delivery.reply_to,
+                             correlation_id=delivery.correlation_id,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=queue_name, mandatory=False,
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None

@@ -1,0 +1,210 @@
+"""`jobservice run | migrate | submit | control | schemas | demo | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from jobservice.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobservice", description=__doc__)
+    parser.add_argument("--log-format", choices=["json", "text"], default="json",
+                        help="log lines as JSON (default) or human-readable text")
+    parser.add_argument("--log-level", default=None, help="overrides JOBSERVICE_LOG_LEVEL")
+    sub = parser.add_subparsers(title="commands")
+
+    run = sub.add_parser("run", help="run one service instance in the foreground")
+    run.set_defaults(handler=_run)
+
+    migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
+    migrate.set_defaults(handler=_migrate)
+
+    submit = sub.add_parser("submit", help="submit a job over AMQP and print the reply")
+    submit.add_argument("--tenant", required=True)
+    submit.add_argument("--job-class", required=True)
+    submit.add_argument("--parameters", default="{}", help="JSON object")
+    submit.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                        help="one parameter (value parsed as JSON, else taken as a string)")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--id", default=None)
+    submit.add_argument("--owner", default=None)
+    submit.add_argument("--description", default=None)
+    submit.add_argument("--pending", action="store_true", help="create as PENDING")
+    submit.set_defaults(handler=_submit)
+
+    control = sub.add_parser("control", help="stop, enqueue or retry a job")
+    control.add_argument("action", choices=["stop", "enqueue", "retry"])
+    control.add_argument("id")
+    control.set_defaults(handler=_control)
+
+    schemas = sub.add_parser("schemas", help="write or check the JSON Schemas of the messages")
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument("--check", action="store_true", help="exit 1 when they drifted")
+    schemas.set_defaults(handler=_schemas)
+
+    demo = sub.add_parser("demo", help="run the service with a demo workload, live progress")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep serving after the demo workload finished")
+    demo.set_defaults(handler=_demo)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency with no-op jobs")
+    bench.add_argument("--jobs", type=int, default=5000)
+    bench.add_argument("--tenants", type=int, default=10)
+    bench.add_argument("--pool-size", type=int, default=None)
+    bench.add_argument("--json", action="store_true", help="print only the JSON line")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _settings_and_logs(args: argparse.Namespace) -> Settings:
+    from jobservice.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(args.log_level or settings.log_level, args.log_format)
+    return settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jobservice.service import JobService
+
+    settings = _settings_and_logs(args)
+    service = JobService(settings)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        service.request_stop()
+
+            tg.start_soon(on_signals)
+            await service.run()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend_options=_backend_options())
+    return 0
+
+
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from jobservice.store import Store
+
+    settings = _settings_and_logs(args)
+
+    async def main() -> None:
+        store = await Store.connect(settings.database_url, settings.database_schema, 2)
+        try:
+            applied = await store.migrate()
+            print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        finally:
+            await store.close()
+
+    anyio.run(main)
+    return 0
+
+
+def _parse_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = json.loads(args.parameters)
+    for item in args.param:
+        name, _, raw = item.partition("=")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    return params
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from jobservice.client import JobClient
+
+    settings = _settings_and_logs(args)
+
+    async def main() -> int:
+        async with JobClient(settings.amqp_url, settings.namespace) as client:
+            import uuid
+
+            reply = await client.submit(
+                args.tenant, args.job_class, _parse_params(args),
+                id=uuid.UUID(args.id) if args.id else None, priority=args.priority,
+                owner=args.owner, description=args.description, pending=args.pending,
+                check=False)
+        assert reply is not None
+        print(reply.model_dump_json(exclude_none=True))
+        return 0 if reply.ok else 1
+
+    return anyio.run(main)
+
+
+def _control(args: argparse.Namespace) -> int:
+    from jobservice.client import JobClient
+
+    settings = _settings_and_logs(args)
+
+    async def main() -> int:
+        async with JobClient(settings.amqp_url, settings.namespace) as client:
+            reply = await client.control(args.action, args.id, check=False)
+        assert reply is not None
+        print(reply.model_dump_json(exclude_none=True))
+        return 0 if reply.ok else 1
+
+    return anyio.run(main)
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from jobservice.schemas import drifted_schemas, write_schemas
+
+    if args.check:
+        drifted = drifted_schemas(args.dir)
+        for name in drifted:
+            print(f"{args.dir / name} is out of date: run `jobservice schemas`", file=sys.stderr)
+        return 1 if drifted else 0
+    for path in write_schemas(args.dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jobservice.demo import run_demo
+
+    settings = _settings_and_logs(args)
+    return run_demo(settings, keep_running=args.keep_running)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from jobservice.bench import run_bench
+
+    settings = _settings_and_logs(args)
+    return run_bench(settings, jobs=args.jobs, tenants=args.tenants, pool_size=args.pool_size,
+                     json_only=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

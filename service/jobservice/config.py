@@ -1,0 +1,85 @@
+"""Settings from the environment (CONTRACT section 1), read once at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of one service instance; `JOBSERVICE_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBSERVICE_", frozen=True, extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/jobservice"
+    database_schema: str = "public"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    namespace: str = Field(default="jobservice", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    pool_size: int = Field(default=8, ge=1, le=10_000)
+    completion_update_rate_ms: int = Field(default=1000, ge=1)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+    instance_id: str = Field(default_factory=_default_instance_id)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    lease_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
+    command_jobs: bool = False
+    job_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Intake: messages taken per transaction, and the largest body accepted.
+    intake_batch_size: int = Field(default=200, ge=1)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    # The scheduler wakes on NOTIFY and in-process signals; this slow poll is only a fallback.
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    # How often the per-tenant/status job counts behind /metrics are refreshed.
+    metrics_refresh_s: float = Field(default=10.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=2)
+    log_level: str = "INFO"
+
+    @field_validator("job_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        """`JOBSERVICE_JOB_MODULES=a.b,c.d` is a comma-separated list of modules."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def submit_queue(self) -> str:
+        return f"{self.namespace}.submit"
+
+    @property
+    def submit_dlq(self) -> str:
+        return f"{self.namespace}.submit.dlq"
+
+    @property
+    def control_queue(self) -> str:
+        return f"{self.namespace}.control"
+
+    @property
+    def control_dlq(self) -> str:
+        return f"{self.namespace}.control.dlq"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))

@@ -1,0 +1,90 @@
+"""Control requests: stop, enqueue, retry (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobservice.batching import retry_transient
+from jobservice.bus import Broker, Delivery
+from jobservice.intake import Rejection, decode_json_object, validation_details
+from jobservice.metrics import ServiceMetrics
+from jobservice.model import ControlMessage, JobStatus
+from jobservice.pool import WorkerPool
+from jobservice.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class ControlHandler:
+    def __init__(self, store: Store, broker: Broker, pool: WorkerPool, metrics: ServiceMetrics,
+                 instance_id: str, dlq: str, max_bytes: int,
+                 on_changed: Callable[[], None]) -> None:
+        self._store = store
+        self._broker = broker
+        self._pool = pool
+        self._metrics = metrics
+        self._instance_id = instance_id
+        self._dlq = dlq
+        self._max_bytes = max_bytes
+        self._on_changed = on_changed
+
+    async def receive(self, delivery: Delivery) -> None:
+        data = decode_json_object(delivery.body, self._max_bytes)
+        if isinstance(data, Rejection):
+            await self._refuse(delivery, "invalid", data)
+            return
+        try:
+            message = ControlMessage.model_validate(data)
+        except ValidationError as exc:
+            await self._refuse(delivery, str(data.get("action", "invalid")), Rejection(
+                "invalid_message", "the control message does not match the schema",
+                validation_details(exc)))
+            return
+        answer = await retry_transient(f"control {message.action}", lambda: self._apply(message))
+        if isinstance(answer, Rejection):
+            await self._refuse(delivery, message.action, answer)
+            return
+        self._on_changed()
+        self._metrics.controls.labels(message.action, "ok").inc()
+        await self._broker.reply(delivery, {"ok": True, "id": str(message.id),
+                                            "status": answer.value})
+        await delivery.ack()
+
+    async def _apply(self, message: ControlMessage) -> JobStatus | Rejection:
+        if message.action == "stop":
+            stopped = await self._store.stop_job(message.id)
+            if stopped is None:
+                return _not_found(message)
+            status, instance_id = stopped
+            if status is JobStatus.RUNNING and instance_id == self._instance_id:
+                self._pool.cancel(message.id, "stop")  # the NOTIFY will say so too
+            return status
+        change = self._store.enqueue_job if message.action == "enqueue" else self._store.retry_job
+        if await change(message.id):
+            self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()
+            return JobStatus.QUEUED
+        current = await self._store.job_status(message.id)
+        if current is None:
+            return _not_found(message)
+        needed = "PENDING" if message.action == "enqueue" else "FAILED or ABORTED"
+        return Rejection("invalid_status",
+                         f"job {message.id} is {current.value}; {message.action} needs {needed}",
+                         [], str(message.id))
+
+    async def _refuse(self, delivery: Delivery, action: str, rejection: Rejection) -> None:
+        log.warning("control refused: %s", rejection.reason(), extra={"job_id": rejection.job_id})
+        self._metrics.controls.labels(action[:20], rejection.code).inc()
+        await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
+        reply: dict[str, Any] = rejection.reply()
+        if rejection.job_id:
+            reply["id"] = rejection.job_id
+        await self._broker.reply(delivery, reply)
+        await delivery.ack()
+
+
+def _not_found(message: ControlMessage) -> Rejection:
+    return Rejection("not_found", f"no job with id {message.id}", [], str(message.id))

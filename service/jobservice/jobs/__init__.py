@@ -1,0 +1,1 @@
+"""Job types: the `Job` base class, the registry and the built-ins."""

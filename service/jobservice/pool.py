@@ -1,0 +1,252 @@
+"""The bounded worker pool: prepares claimed jobs, runs them, cancels them on `stop`, and
+writes each final status (batched) before freeing the slot."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+import anyio
+from anyio.abc import TaskGroup
+from pydantic import BaseModel, ValidationError
+
+from jobservice.batching import BatchWriter, retry_transient
+from jobservice.jobs.base import Job, JobContext, JobStopped
+from jobservice.jobs.registry import JobRegistry, UnknownJobClass
+from jobservice.metrics import ServiceMetrics
+from jobservice.model import ErrorType, JobStatus
+from jobservice.progress import CompletionThrottle
+from jobservice.store import ClaimedJob, FinishedRun, Store
+
+log = logging.getLogger(__name__)
+
+CancelReason = Literal["stop", "shutdown"]
+
+
+@dataclass(eq=False)
+class RunningJob:
+    claim: ClaimedJob
+    ctx: JobContext
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    cancel_reason: CancelReason | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class WorkerPool:
+    """Never more than `capacity` jobs claimed or running in this instance."""
+
+    def __init__(
+        self,
+        capacity: int,
+        instance_id: str,
+        store: Store,
+        registry: JobRegistry,
+        throttle: CompletionThrottle,
+        finisher: BatchWriter[FinishedRun, set[UUID]],
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.capacity = capacity
+        self._instance_id = instance_id
+        self._store = store
+        self._registry = registry
+        self._throttle = throttle
+        self._finisher = finisher
+        self._metrics = metrics
+        self._threads = anyio.CapacityLimiter(capacity)
+        self._busy = 0
+        self._slot_freed = anyio.Event()
+        self._running: dict[UUID, RunningJob] = {}
+        self._task_group: TaskGroup | None = None
+        self.finished = 0  # runs ended (any final status or handed back)
+        metrics.pool_capacity.set(capacity)
+
+    @property
+    def free_slots(self) -> int:
+        return self.capacity - self._busy
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def running_ids(self) -> list[UUID]:
+        return list(self._running)
+
+    async def wait_for_free_slot(self) -> None:
+        while self.free_slots <= 0:
+            self._slot_freed = anyio.Event()
+            await self._slot_freed.wait()
+
+    def bind(self, task_group: TaskGroup) -> None:
+        self._task_group = task_group
+
+    def reserve(self, count: int) -> None:
+        if count > self.free_slots:
+            raise RuntimeError(f"claimed {count} jobs with {self.free_slots} free slots")
+        self._busy += count
+        self._metrics.pool_busy.set(self._busy)
+
+    def _release(self, count: int = 1) -> None:
+        self._busy -= count
+        self._metrics.pool_busy.set(self._busy)
+        self._slot_freed.set()
+
+    async def start(self, claimed: Sequence[ClaimedJob]) -> None:
+        """Prepare claimed (TO_BE_RUN) jobs, mark them RUNNING in one statement, run them.
+
+        The slots must have been reserved before the claim."""
+        assert self._task_group is not None, "pool not bound to a task group"
+        prepared: dict[UUID, tuple[ClaimedJob, Job[Any]]] = {}
+        now = time.time()
+        for claim in claimed:
+            if claim.queued_at is not None:
+                self._metrics.queue_wait.labels(claim.job_class).observe(
+                    max(0.0, now - claim.queued_at.timestamp()))
+            job = await self._prepare(claim)
+            if job is not None:
+                prepared[claim.id] = (claim, job)
+        if not prepared:
+            return
+        self._metrics.transitions.labels(JobStatus.TO_BE_RUN.value).inc(len(claimed))
+        started = await retry_transient(
+            "mark running", lambda: self._store.mark_running(list(prepared), self._instance_id))
+        self._metrics.transitions.labels(JobStatus.RUNNING.value).inc(len(started))
+        # Jobs stopped between claim and start are ABORTED already: free their slots.
+        self._release(len(prepared) - len(started))
+        for row in started:
+            claim, job = prepared[row.id]
+            ctx = JobContext(claim.id, claim.tenant, claim.job_class, claim.attempt,
+                             claim.owner, job.completion_count)
+            running = RunningJob(claim, ctx)
+            self._running[claim.id] = running
+            if row.stop_requested:
+                self.cancel(claim.id, "stop")
+            self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
+
+    async def _prepare(self, claim: ClaimedJob) -> Job[Any] | None:
+        """Build the job from its parameters; a job that cannot be built ends FAILED."""
+        try:
+            job_type = self._registry.get(claim.job_class)
+            parameters = job_type.Parameters.model_validate(claim.parameters)
+            return job_type(parameters)
+        except (UnknownJobClass, ValidationError) as exc:
+            error = (ErrorType.UNKNOWN_JOB_CLASS if isinstance(exc, UnknownJobClass)
+                     else ErrorType.INVALID_PARAMETERS)
+            log.error("job %s (%s, tenant %s) cannot be prepared: %s",
+                      claim.id, claim.job_class, claim.tenant, exc)
+            await self._store.fail_claimed(claim.id, self._instance_id, error.value, str(exc))
+            self._metrics.transitions.labels(JobStatus.FAILED.value).inc()
+            self._release()
+            return None
+
+    def cancel(self, job_id: UUID, reason: CancelReason) -> bool:
+        """Cancel a job running here; False if it does not run here."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        if running.cancel_reason is None:
+            running.cancel_reason = reason
+        running.ctx.request_stop()
+        running.scope.cancel()
+        return True
+
+    async def cancel_all_and_wait(self, reason: CancelReason) -> None:
+        jobs = list(self._running.values())
+        for running in jobs:
+            self.cancel(running.claim.id, reason)
+        for running in jobs:
+            await running.done.wait()
+
+    async def wait_idle(self) -> None:
+        while self._running:
+            await next(iter(self._running.values())).done.wait()
+
+    async def _run(self, running: RunningJob, job: Job[Any]) -> None:
+        claim, ctx = running.claim, running.ctx
+        self._throttle.track(ctx)
+        started = time.monotonic()
+        outcome: FinishedRun | None = None
+        with running.scope:
+            outcome = await self._execute(running, job)
+        try:
+            with anyio.CancelScope(shield=True):
+                self._throttle.untrack(claim.id)
+                if running.cancel_reason == "shutdown":
+                    await self._store.hand_back([claim.id], self._instance_id)
+                    log.info("job %s handed back to QUEUED at shutdown", claim.id)
+                    self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()
+                else:
+                    if outcome is None or running.cancel_reason == "stop":
+                        outcome = FinishedRun(claim.id, claim.attempt, JobStatus.ABORTED,
+                                              percent=ctx.percent_completed,
+                                              error_type=ErrorType.STOPPED.value,
+                                              error_message="stopped while running")
+                    applied = await self._finisher.submit(outcome)
+                    if claim.id in applied:
+                        self._metrics.transitions.labels(outcome.status.value).inc()
+                        self._metrics.run_duration.labels(claim.job_class).observe(
+                            time.monotonic() - started)
+                    _log_outcome(claim, outcome, applied)
+        finally:
+            self._running.pop(claim.id, None)
+            self.finished += 1
+            self._release()
+            running.done.set()
+
+    async def _execute(self, running: RunningJob, job: Job[Any]) -> FinishedRun | None:
+        """Run the job; None when it was cancelled (the caller decides what that means)."""
+        claim, ctx = running.claim, running.ctx
+        try:
+            if inspect.iscoroutinefunction(job.run):
+                result = await job.run(ctx)
+            else:
+                result = await anyio.to_thread.run_sync(
+                    job.run, ctx, abandon_on_cancel=True, limiter=self._threads)
+        except JobStopped:
+            return None
+        except Exception as exc:
+            if running.cancel_reason is not None:
+                return None
+            return FinishedRun(
+                claim.id, claim.attempt, JobStatus.FAILED, percent=ctx.percent_completed,
+                error_type=type(exc).__name__, error_message=str(exc)[:10_000] or repr(exc),
+                stack_trace="".join(traceback.format_exception(exc))[-50_000:],
+            )
+        if running.cancel_reason is not None:
+            return None
+        try:
+            result_json = _to_json(result)
+        except (TypeError, ValueError) as exc:
+            return FinishedRun(claim.id, claim.attempt, JobStatus.FAILED,
+                               percent=ctx.percent_completed,
+                               error_type=ErrorType.RESULT_NOT_SERIALIZABLE.value,
+                               error_message=f"result is not JSON-serializable: {exc}")
+        return FinishedRun(claim.id, claim.attempt, JobStatus.SUCCEEDED, percent=100,
+                           result_json=result_json)
+
+
+def _to_json(result: Any) -> str | None:
+    if result is None:
+        return None
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    return json.dumps(result, allow_nan=False)
+
+
+def _log_outcome(claim: ClaimedJob, outcome: FinishedRun, applied: set[UUID]) -> None:
+    extra = {"job_id": str(claim.id), "tenant": claim.tenant, "job_class": claim.job_class,
+             "status": outcome.status.value}
+    if claim.id not in applied:
+        log.warning("job %s: final status %s not written: the job is no longer this "
+                    "instance's run", claim.id, outcome.status.value, extra=extra)
+    elif outcome.status is JobStatus.FAILED:
+        log.info("job %s FAILED: %s: %s", claim.id, outcome.error_type, outcome.error_message,
+                 extra=extra)
+    else:
+        log.info("job %s %s", claim.id, outcome.status.value, extra=extra)

@@ -1,0 +1,378 @@
+"""The only code that speaks SQL: the asyncpg pool, migrations and every named query."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from jobservice.model import JobStatus
+from jobservice.resources import resource_dir
+
+log = logging.getLogger(__name__)
+
+WORK_CHANNEL = "jobservice_work"
+OUTBOX_CHANNEL = "jobservice_outbox"
+STOP_CHANNEL = "jobservice_stop"
+_MIGRATION_LOCK = 7310000
+_RELAY_LOCK = 7310002
+# Statements whose rows fire the outbox trigger: after them the relay has work.
+_WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "finish_jobs", "write_completion",
+                            "fail_claimed", "stop_job"})
+_MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a `-- name: x` headed SQL file into {name: statement}."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in [*text.splitlines(), "-- name: __end__"]:
+        header = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
+        if header:
+            if name is not None:
+                body = "\n".join(ln for ln in lines if not ln.lstrip().startswith("--"))
+                queries[name] = body.strip().rstrip(";")
+            name, lines = header.group(1), []
+        else:
+            lines.append(line)
+    queries.pop("__end__", None)
+    return queries
+
+
+QUERIES = load_queries((resource_dir("sql") / "queries.sql").read_text())
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: UUID
+    tenant: str
+    job_class: str
+    status: JobStatus
+    priority: int
+    description: str | None
+    owner: str | None
+    expiration_date: datetime | None
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: UUID
+    tenant: str
+    job_class: str
+    priority: int
+    owner: str | None
+    attempt: int
+    created_at: datetime
+    queued_at: datetime | None
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StartedJob:
+    id: UUID
+    stop_requested: bool
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    """The end of one attempt, written by `Store.finish_jobs`."""
+
+    id: UUID
+    attempt: int
+    status: JobStatus
+    percent: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    stack_trace: str | None = None
+    result_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionWrite:
+    id: UUID
+    attempt: int
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    id: int
+    event_id: UUID
+    seq: int
+    routing_key: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class InsertOutcome:
+    created: frozenset[UUID]
+    existing: dict[UUID, JobStatus]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Store:
+    """Owns the asyncpg pool; each method is one transaction with one or two statements."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._schema = schema
+        self.statements = 0  # statements sent, exported as a metric (bench: statements per job)
+        self.on_events_written: Callable[[], None] = lambda: None
+
+    @classmethod
+    async def connect(cls, dsn: str, schema: str = "public", size: int = 10) -> Store:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=size,
+            init=_init_connection,
+            server_settings={"search_path": schema, "application_name": "jobservice"},
+        )
+        return cls(pool, dsn, schema)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def connect_listener(self) -> asyncpg.Connection:
+        """A dedicated connection for LISTEN and the relay's leadership lock."""
+        return await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
+
+    async def ping(self) -> bool:
+        try:
+            async with self._pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+            return False
+
+    # -- migrations -----------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply the numbered files of sql/ not applied yet, in order; returns their names."""
+        files = sorted(
+            (p for p in resource_dir("sql").iterdir() if _MIGRATION_NAME.match(p.name)),
+            key=lambda p: int(_MIGRATION_NAME.match(p.name).group(1)),  # type: ignore[union-attr]
+        )
+        applied: list[str] = []
+        async with self._pool.acquire() as conn:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    """CREATE TABLE IF NOT EXISTS t_schema_migrations (
+                           version integer PRIMARY KEY, name text NOT NULL,
+                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                done = {r["version"] for r in await conn.fetch(
+                    "SELECT version FROM t_schema_migrations")}
+                for path in files:
+                    version = int(path.name.split("_", 1)[0])
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(path.read_text())
+                        await conn.execute(
+                            "INSERT INTO t_schema_migrations (version, name) VALUES ($1, $2)",
+                            version, path.name,
+                        )
+                    applied.append(path.name)
+                    log.info("applied migration %s", path.name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> InsertOutcome:
+        """Create the jobs not yet known (one statement), notify claimers, report duplicates."""
+        param_ids: list[UUID] = []
+        param_names: list[str] = []
+        param_values: list[str] = []
+        for job in jobs:
+            for name, value in job.parameters.items():
+                param_ids.append(job.id)
+                param_names.append(name)
+                param_values.append(json.dumps(value))
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                QUERIES["insert_jobs"],
+                [j.id for j in jobs], [j.tenant for j in jobs], [j.job_class for j in jobs],
+                [j.status.value for j in jobs], [j.priority for j in jobs],
+                [j.description for j in jobs], [j.owner for j in jobs],
+                [j.expiration_date for j in jobs], param_ids, param_names, param_values,
+            )
+            self.statements += 1
+            created = frozenset(r["id"] for r in rows)
+            if any(j.id in created and j.status is JobStatus.QUEUED for j in jobs):
+                await conn.execute(QUERIES["notify_work"])
+                self.statements += 1
+        if created:
+            self.on_events_written()
+        existing: dict[UUID, JobStatus] = {}
+        duplicates = [j.id for j in jobs if j.id not in created]
+        if duplicates:
+            existing = await self.job_statuses(duplicates)
+        return InsertOutcome(created, existing)
+
+    async def job_statuses(self, ids: Sequence[UUID]) -> dict[UUID, JobStatus]:
+        rows = await self._fetch("job_statuses", list(ids))
+        return {r["id"]: JobStatus(r["status"]) for r in rows}
+
+    # -- scheduling and running -----------------------------------------------------------
+
+    async def claim_jobs(self, instance_id: str, limit: int) -> list[ClaimedJob]:
+        rows = await self._fetch("claim_jobs", instance_id, limit)
+        return [
+            ClaimedJob(
+                id=r["id"], tenant=r["tenant"], job_class=r["job_class"],
+                priority=r["priority"], owner=r["owner"], attempt=r["attempt"],
+                created_at=r["created_at"], queued_at=r["queued_at"],
+                parameters=r["parameters"] or {},
+            )
+            for r in rows
+        ]
+
+    async def mark_running(self, ids: Sequence[UUID], instance_id: str) -> list[StartedJob]:
+        rows = await self._fetch("mark_running", list(ids), instance_id)
+        return [StartedJob(r["id"], r["stop_requested"], r["started_at"]) for r in rows]
+
+    async def finish_jobs(self, runs: Sequence[FinishedRun], instance_id: str) -> set[UUID]:
+        """Write final statuses; returns the ids whose write applied (guarded by attempt)."""
+        rows = await self._fetch(
+            "finish_jobs",
+            [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
+            [r.percent for r in runs], [r.error_type for r in runs],
+            [r.error_message for r in runs], [r.stack_trace for r in runs],
+            [r.result_json for r in runs], instance_id,
+        )
+        return {r["id"] for r in rows}
+
+    async def write_completion(self, writes: Sequence[CompletionWrite], instance_id: str) -> None:
+        await self._execute(
+            "write_completion",
+            [w.id for w in writes], [w.attempt for w in writes], [w.percent for w in writes],
+            instance_id,
+        )
+
+    async def fail_claimed(self, job_id: UUID, instance_id: str, error_type: str,
+                           message: str) -> None:
+        """TO_BE_RUN -> FAILED for a job that could not be prepared."""
+        await self._execute("fail_claimed", job_id, instance_id, error_type, message)
+
+    async def hand_back(self, ids: Sequence[UUID], instance_id: str) -> list[UUID]:
+        """Put claimed or running jobs of this instance back to QUEUED (shutdown)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(QUERIES["hand_back"], list(ids), instance_id)
+            await conn.execute(QUERIES["notify_work"])
+            self.statements += 2
+        self.on_events_written()
+        return [r["id"] for r in rows]
+
+    async def stop_requested_jobs(self, instance_id: str) -> list[UUID]:
+        return [r["id"] for r in await self._fetch("stop_requested_jobs", instance_id)]
+
+    # -- control --------------------------------------------------------------------------
+
+    async def stop_job(self, job_id: UUID) -> tuple[JobStatus, str | None] | None:
+        row = await self._fetchrow("stop_job", job_id)
+        if row is None:
+            return None
+        return JobStatus(row["status"]), row["instance_id"]
+
+    async def enqueue_job(self, job_id: UUID) -> bool:
+        return await self._change_and_notify("enqueue_job", job_id)
+
+    async def retry_job(self, job_id: UUID) -> bool:
+        return await self._change_and_notify("retry_job", job_id)
+
+    async def _change_and_notify(self, query: str, job_id: UUID) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(QUERIES[query], job_id)
+            self.statements += 1
+            if row is not None:
+                await conn.execute(QUERIES["notify_work"])
+                self.statements += 1
+        if row is not None:
+            self.on_events_written()
+        return row is not None
+
+    async def job_status(self, job_id: UUID) -> JobStatus | None:
+        async with self._pool.acquire() as conn:
+            value = await conn.fetchval(QUERIES["job_status"], job_id)
+        self.statements += 1
+        return None if value is None else JobStatus(value)
+
+    async def get_job(self, job_id: UUID) -> dict[str, Any] | None:
+        row = await self._fetchrow("get_job", job_id)
+        if row is None:
+            return None
+        job = dict(row)
+        job["parameters"] = {r["name"]: r["value"] for r in await self._fetch(
+            "get_parameters", job_id)}
+        return job
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def fetch_outbox(self, limit: int) -> list[OutboxEvent]:
+        rows = await self._fetch("fetch_outbox", limit)
+        return [OutboxEvent(r["id"], r["event_id"], r["seq"], r["routing_key"], r["body"])
+                for r in rows]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        await self._execute("delete_outbox", list(ids))
+
+    async def notify(self, channel_query: str) -> None:
+        await self._execute(channel_query)
+
+    @staticmethod
+    async def try_relay_leadership(conn: asyncpg.Connection) -> bool:
+        """Session advisory lock on the listener connection: one relay publishes at a time,
+        so events leave in outbox order; the lock goes with the connection if it dies."""
+        return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK))
+
+    # -- metrics --------------------------------------------------------------------------
+
+    async def count_jobs(self) -> list[tuple[str, str, int]]:
+        return [(r["tenant"], r["status"], r["jobs"]) for r in await self._fetch("count_jobs")]
+
+    async def outbox_backlog(self) -> int:
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval(QUERIES["outbox_backlog"]))
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(QUERIES[query], *args)
+        self._count(query)
+        return rows
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(QUERIES[query], *args)
+        self._count(query)
+        return row
+
+    async def _execute(self, query: str, *args: Any) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(QUERIES[query], *args)
+        self._count(query)
+
+    def _count(self, query: str) -> None:
+        self.statements += 1
+        if query in _WRITES_EVENTS:
+            self.on_events_written()
