@@ -69,8 +69,9 @@ class Broker:
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed and bool(
-            getattr(self._connection, "connected", asyncio.Event()).is_set())
+        # `connected` is cleared while the robust connection is re-establishing itself.
+        return (self._connection is not None and not self._connection.is_closed
+                and self._connection.connected.is_set())
 
     async def consume(self, queue_name: str, prefetch: int,
                       handler: Callable[[Delivery], Awaitable[None]]) -> None:

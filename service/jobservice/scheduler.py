@@ -24,20 +24,34 @@ class Scheduler:
         self._instance_id = instance_id
         self._poll_interval = poll_interval_s
         self._wake = anyio.Event()
-        self.paused = False
+        self._stopping = False
+        self._wait_scope = anyio.CancelScope()
+        self.stopped = anyio.Event()
         self.claims = 0  # claim statements issued
+
+    def stop(self) -> None:
+        """Claim no more; a claim in flight still completes and its jobs start (so none is
+        left claimed but not running). `stopped` is set once the loop has exited."""
+        self._stopping = True
+        self._wait_scope.cancel()
 
     def wake(self) -> None:
         """New work may be queued (in-process signal or a NOTIFY from another instance)."""
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            self.stopped.set()
+
+    async def _loop(self) -> None:
         backoff = 0.1
-        while True:
-            await self._pool.wait_for_free_slot()
-            if self.paused:
-                await self._sleep_until_woken()
-                continue
+        while not self._stopping:
+            with self._interruptible():
+                await self._pool.wait_for_free_slot()
+            if self._stopping:
+                return
             # A wake-up that arrives while we claim must trigger another claim.
             self._wake = anyio.Event()
             free = self._pool.free_slots
@@ -47,7 +61,8 @@ class Scheduler:
             except TRANSIENT_DB_ERRORS as exc:
                 self._pool.reserve(-free)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
-                await anyio.sleep(backoff)
+                with self._interruptible():
+                    await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except BaseException:
@@ -60,8 +75,12 @@ class Scheduler:
             if claimed:
                 await self._pool.start(claimed)
             if len(claimed) < free:
-                await self._sleep_until_woken()
+                with self._interruptible(), anyio.move_on_after(self._poll_interval):
+                    await self._wake.wait()
 
-    async def _sleep_until_woken(self) -> None:
-        with anyio.move_on_after(self._poll_interval):
-            await self._wake.wait()
+    def _interruptible(self) -> anyio.CancelScope:
+        """A wait that `stop()` ends."""
+        self._wait_scope = anyio.CancelScope()
+        if self._stopping:
+            self._wait_scope.cancel()
+        return self._wait_scope

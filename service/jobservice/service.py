@@ -190,7 +190,8 @@ class JobService:
         log.info("shutting down: %d job(s) running, grace %.0fs", pool.busy, s.shutdown_grace_s)
         with anyio.CancelScope(shield=True):
             await broker.stop_consuming()
-            scheduler.paused = True
+            scheduler.stop()
+            await scheduler.stopped.wait()
             with anyio.move_on_after(s.shutdown_grace_s):
                 await pool.wait_idle()
             await pool.cancel_all_and_wait("shutdown")
