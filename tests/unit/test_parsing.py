@@ -1,0 +1,65 @@
+"""Pure validation of submissions (no broker, no database)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from jobservice.intake import Rejection, parse_submission
+from jobservice.jobs.registry import JobRegistry
+from jobservice.model import JobStatus
+from jobservice.store import NewJob
+
+REGISTRY = JobRegistry.default()
+
+
+def parse(body: object, max_bytes: int = 10_000) -> NewJob | Rejection:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_submission(raw, REGISTRY, max_bytes)
+
+
+def test_valid_submission_becomes_a_new_job_with_defaults() -> None:
+    job = parse({"tenant": "a", "job_class": "jobservice.sleep", "parameters": {"seconds": 1}})
+    assert isinstance(job, NewJob)
+    assert job.status is JobStatus.QUEUED and job.priority == 0
+    assert job.parameters == {"seconds": 1.0, "ticks": 10}  # defaults filled in
+    assert isinstance(job.id, uuid.UUID)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\xff\xfe not utf-8", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+        ([1, 2], "invalid_message"),
+        ({"job_class": "jobservice.noop"}, "invalid_message"),
+        ({"tenant": "a b", "job_class": "jobservice.noop"}, "invalid_message"),
+        ({"tenant": "a", "job_class": "jobservice.noop", "priority": 1001}, "invalid_message"),
+        ({"tenant": "a", "job_class": "jobservice.noop", "surprise": 1}, "invalid_message"),
+        ({"tenant": "a", "job_class": "nope"}, "unknown_job_class"),
+        ({"tenant": "a", "job_class": "jobservice.sleep", "parameters": {"seconds": -1}},
+         "invalid_parameters"),
+        ({"tenant": "a", "job_class": "jobservice.noop", "parameters": {"x": 1}},
+         "invalid_parameters"),
+        ({"tenant": "a", "job_class": "jobservice.noop", "x": "y" * 20_000}, "message_too_large"),
+    ],
+)
+def test_bad_input_is_rejected_with_its_code(body: object, code: str) -> None:
+    result = parse(body, max_bytes=10_000 if code != "invalid_json" else 10_000_000)
+    assert isinstance(result, Rejection)
+    assert result.code == code, result
+
+
+def test_future_fields_are_refused_by_name() -> None:
+    result = parse({"tenant": "a", "job_class": "jobservice.noop", "max_retries": 3})
+    assert isinstance(result, Rejection) and result.code == "invalid_message"
+    assert "max_retries" in json.dumps(result.details)
+
+
+def test_schema_errors_carry_the_field_location() -> None:
+    result = parse({"tenant": "a", "job_class": "jobservice.noop", "priority": "high"})
+    assert isinstance(result, Rejection)
+    assert result.details[0]["loc"] == ["priority"]
