@@ -102,16 +102,8 @@ def _run(args: argparse.Namespace) -> int:
             await service.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(main, backend_options=_backend_options())
+    anyio.run(main)
     return 0
-
-
-def _backend_options() -> dict[str, Any]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 def _migrate(args: argparse.Namespace) -> int:
