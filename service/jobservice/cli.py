@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=5000)
     bench.add_argument("--tenants", type=int, default=10)
     bench.add_argument("--pool-size", type=int, default=None)
+    bench.add_argument("--instances", type=int, default=1,
+                       help="service processes sharing the database and broker")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(handler=_bench)
     return parser
@@ -195,7 +197,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = _settings_and_logs(args)
     return run_bench(settings, jobs=args.jobs, tenants=args.tenants, pool_size=args.pool_size,
-                     json_only=args.json)
+                     json_only=args.json, instances=args.instances)
 
 
 if __name__ == "__main__":

@@ -150,16 +150,17 @@ class JobClient:
         return await self.control("retry", job_id)
 
     @asynccontextmanager
-    async def subscribe(self, binding: str = "#") -> AsyncIterator[asyncio.Queue[EventMessage]]:
-        """Bind a private queue to the events exchange (e.g. `*.failed`, `project-a.#`);
-        yields an asyncio.Queue that receives each event."""
+    async def subscribe(self, *bindings: str) -> AsyncIterator[asyncio.Queue[EventMessage]]:
+        """Bind a private queue to the events exchange with each binding key (default `#`;
+        e.g. `*.failed`, `project-a.#`); yields an asyncio.Queue receiving every event."""
         assert self._connection is not None
         channel = await self._connection.channel()
         events: asyncio.Queue[EventMessage] = asyncio.Queue()
         exchange = await channel.declare_exchange(f"{self._ns}.events",
                                                   aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, binding)
+        for binding in bindings or ("#",):
+            await queue.bind(exchange, binding)
 
         async def on_event(message: AbstractIncomingMessage) -> None:
             events.put_nowait(EventMessage.model_validate_json(message.body))
