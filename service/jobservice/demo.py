@@ -116,13 +116,13 @@ async def demo_main(settings: Settings, keep_running: bool, console: Console,
                 while not all(j.status in _FINAL for j in workload):
                     with anyio.move_on_after(0.25):
                         event = await events.get()
-                        job = _apply(jobs, event)
-                        if job is not None and live is None:
-                            console.print(f"{event.at:%H:%M:%S.%f} {job.tenant:8} "
-                                          f"{job.job_class:17} {str(job.id)[:8]} "
+                        changed = _apply(jobs, event)
+                        if changed is not None and live is None:
+                            console.print(f"{event.at:%H:%M:%S.%f} {changed.tenant:8} "
+                                          f"{changed.job_class:17} {str(changed.id)[:8]} "
                                           f"{event.previous_status or '-':>9} -> "
                                           f"{event.status:9} {event.percent_completed:3d}% "
-                                          f"{job.error}", highlight=False)
+                                          f"{changed.error}", highlight=False)
                     if to_stop.status == "RUNNING" and stop_at is None:
                         stop_at = time.monotonic() + 2.0 * speed
                     if stop_at is not None and time.monotonic() >= stop_at:
