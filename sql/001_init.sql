@@ -91,63 +91,78 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
--- Every status change (and every completion write) of a job goes through this trigger: it
--- refuses transitions outside the table, keeps the timestamps, and writes exactly one event
--- into the outbox in the same transaction. No code path can change a status without its event.
-CREATE FUNCTION jobservice_on_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Every status change (and every completion write) of a job goes through these triggers:
+-- the BEFORE trigger refuses transitions outside the table and keeps the bookkeeping
+-- (timestamps, transition number, history of retried attempts); the AFTER trigger writes
+-- exactly one event into the outbox in the same transaction. AFTER, because a BEFORE INSERT
+-- trigger also fires for rows that ON CONFLICT DO NOTHING then drops (a resubmitted id).
+-- No code path can change a status without its event.
+CREATE FUNCTION jobservice_before_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    v_now        timestamptz := clock_timestamp();
-    v_prev       text;
-    v_kind       text;
-    v_event_id   uuid := gen_random_uuid();
-    v_error      jsonb;
+    v_now timestamptz := clock_timestamp();
 BEGIN
+    NEW.updated_at := v_now;
     IF TG_OP = 'INSERT' THEN
-        v_prev := NULL;
-        v_kind := lower(NEW.status);
         NEW.created_at := v_now;
         NEW.transition_seq := 1;
         IF NEW.status = 'QUEUED' THEN NEW.queued_at := v_now; END IF;
-    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
-        IF NOT jobservice_transition_allowed(OLD.status, NEW.status) THEN
-            RAISE EXCEPTION 'jobservice: transition % -> % of job % is not allowed',
-                OLD.status, NEW.status, OLD.id USING ERRCODE = 'check_violation';
-        END IF;
-        v_prev := OLD.status;
-        v_kind := lower(NEW.status);
-        NEW.transition_seq := OLD.transition_seq + 1;
-        CASE NEW.status
-            WHEN 'QUEUED' THEN
-                NEW.queued_at := v_now;
-                IF OLD.status IN ('SUCCEEDED', 'FAILED', 'ABORTED') THEN
-                    INSERT INTO t_job_run (job_id, attempt, instance_id, status, started_at,
-                                           ended_at, error_type, error_message, stack_trace)
-                    VALUES (OLD.id, OLD.attempt, OLD.instance_id, OLD.status, OLD.started_at,
-                            OLD.ended_at, OLD.error_type, OLD.error_message, OLD.stack_trace)
-                    ON CONFLICT (job_id, attempt) DO NOTHING;
-                    NEW.error_type := NULL; NEW.error_message := NULL; NEW.stack_trace := NULL;
-                    NEW.result := NULL; NEW.ended_at := NULL; NEW.started_at := NULL;
-                    NEW.percent_completed := 0;
-                END IF;
-                NEW.instance_id := NULL;
-                NEW.stop_requested := false;
-            WHEN 'RUNNING' THEN
-                NEW.started_at := v_now;
-            WHEN 'SUCCEEDED' THEN
-                NEW.ended_at := v_now;
-                NEW.percent_completed := 100;
-            WHEN 'FAILED', 'ABORTED' THEN
-                NEW.ended_at := v_now;
-            ELSE NULL;
-        END CASE;
-    ELSIF NEW.percent_completed IS DISTINCT FROM OLD.percent_completed THEN
-        v_prev := OLD.status;
-        v_kind := 'progress';
-    ELSE
-        NEW.updated_at := v_now;
         RETURN NEW;
     END IF;
-    NEW.updated_at := v_now;
+    IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+        IF NEW.percent_completed IS DISTINCT FROM OLD.percent_completed THEN
+            NEW.transition_seq := OLD.transition_seq + 1;  -- progress events are numbered too
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF NOT jobservice_transition_allowed(OLD.status, NEW.status) THEN
+        RAISE EXCEPTION 'jobservice: transition % -> % of job % is not allowed',
+            OLD.status, NEW.status, OLD.id USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.transition_seq := OLD.transition_seq + 1;
+    CASE NEW.status
+        WHEN 'QUEUED' THEN
+            NEW.queued_at := v_now;
+            IF OLD.status IN ('SUCCEEDED', 'FAILED', 'ABORTED') THEN
+                INSERT INTO t_job_run (job_id, attempt, instance_id, status, started_at,
+                                       ended_at, error_type, error_message, stack_trace)
+                VALUES (OLD.id, OLD.attempt, OLD.instance_id, OLD.status, OLD.started_at,
+                        OLD.ended_at, OLD.error_type, OLD.error_message, OLD.stack_trace)
+                ON CONFLICT (job_id, attempt) DO NOTHING;
+                NEW.error_type := NULL; NEW.error_message := NULL; NEW.stack_trace := NULL;
+                NEW.result := NULL; NEW.ended_at := NULL; NEW.started_at := NULL;
+                NEW.percent_completed := 0;
+            END IF;
+            NEW.instance_id := NULL;
+            NEW.stop_requested := false;
+        WHEN 'RUNNING' THEN
+            NEW.started_at := v_now;
+        WHEN 'SUCCEEDED' THEN
+            NEW.ended_at := v_now;
+            NEW.percent_completed := 100;
+        WHEN 'FAILED', 'ABORTED' THEN
+            NEW.ended_at := v_now;
+        ELSE NULL;
+    END CASE;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION jobservice_after_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_prev     text;
+    v_kind     text;
+    v_event_id uuid := gen_random_uuid();
+    v_error    jsonb;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        v_kind := lower(NEW.status);
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        v_prev := OLD.status;
+        v_kind := lower(NEW.status);
+    ELSE
+        v_prev := OLD.status;
+        v_kind := 'progress';
+    END IF;
     IF NEW.error_type IS NOT NULL THEN
         v_error := jsonb_build_object('type', NEW.error_type, 'message', NEW.error_message,
                                       'stack_trace', NEW.stack_trace);
@@ -162,17 +177,28 @@ BEGIN
                 'status', NEW.status,
                 'previous_status', v_prev,
                 'percent_completed', NEW.percent_completed,
-                'at', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'at', to_char(NEW.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                 'owner', NEW.owner,
                 'error', v_error,
                 'result', NEW.result));
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER t_job_info_write
+CREATE TRIGGER t_job_info_before_write
     BEFORE INSERT OR UPDATE ON t_job_info
-    FOR EACH ROW EXECUTE FUNCTION jobservice_on_job_write();
+    FOR EACH ROW EXECUTE FUNCTION jobservice_before_job_write();
+
+CREATE TRIGGER t_job_info_event_on_insert
+    AFTER INSERT ON t_job_info
+    FOR EACH ROW EXECUTE FUNCTION jobservice_after_job_write();
+
+CREATE TRIGGER t_job_info_event_on_change
+    AFTER UPDATE ON t_job_info
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          OR OLD.percent_completed IS DISTINCT FROM NEW.percent_completed)
+    EXECUTE FUNCTION jobservice_after_job_write();
 
 -- Claim up to p_limit queued jobs for p_instance: round robin over the tenants that have
 -- work (least recently served first), priority then age within a tenant. Expired jobs met
