@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aio_pika
@@ -171,3 +171,20 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
         if loop.time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def wait_for_all(events: asyncio.Queue[EventMessage], job_ids: Iterable[uuid.UUID | str],
+                       status: str, timeout: float = 15.0) -> dict[str, list[EventMessage]]:
+    """Consume events until every job in `job_ids` reached `status`; events seen per job."""
+    waiting = {str(j) for j in job_ids}
+    seen: dict[str, list[EventMessage]] = {j: [] for j in waiting}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while waiting:
+        event = await asyncio.wait_for(events.get(), max(0.01, deadline - loop.time()))
+        job_id = str(event.job_id)
+        if job_id in seen:
+            seen[job_id].append(event)
+            if event.status == status and event.previous_status != status:
+                waiting.discard(job_id)
+    return seen
