@@ -203,9 +203,16 @@ CREATE TRIGGER t_job_info_event_on_change
 -- Claim up to p_limit queued jobs for p_instance: round robin over the tenants that have
 -- work (least recently served first), priority then age within a tenant. Expired jobs met
 -- on the way end FAILED (error type `expired`) and are not returned.
+-- The parameters are read inside the function: its statements see rows committed after the
+-- calling statement's snapshot, which a subquery in the caller would not.
 CREATE FUNCTION jobservice_claim_jobs(p_instance text, p_limit integer)
-RETURNS SETOF t_job_info LANGUAGE plpgsql AS $$
+RETURNS TABLE (id uuid, tenant text, job_class text, priority integer, owner text,
+               attempt integer, created_at timestamptz, queued_at timestamptz,
+               parameters jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
+    v_ids     uuid[] := '{}';
     v_active  text[];
     v_next    text[];
     v_served  text[] := '{}';
@@ -251,9 +258,8 @@ BEGIN
                 END IF;
                 UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = p_instance,
                        attempt = attempt + 1
-                 WHERE id = v_job.id
-                RETURNING * INTO v_job;
-                RETURN NEXT v_job;
+                 WHERE id = v_job.id;
+                v_ids := array_append(v_ids, v_job.id);
                 v_claimed := v_claimed + 1;
                 v_next := array_append(v_next, v_tenant);
                 v_served := array_append(v_served, v_tenant);
@@ -270,6 +276,15 @@ BEGIN
              GROUP BY u.tenant) s
      ORDER BY s.ord
     ON CONFLICT (tenant) DO UPDATE SET last_turn = EXCLUDED.last_turn;
+
+    RETURN QUERY
+        SELECT j.id, j.tenant, j.job_class, j.priority, j.owner, j.attempt, j.created_at,
+               j.queued_at,
+               (SELECT jsonb_object_agg(p.name, p.value) FROM t_job_parameters p
+                 WHERE p.job_id = j.id)
+          FROM unnest(v_ids) WITH ORDINALITY AS c(id, ord)
+          JOIN t_job_info j ON j.id = c.id
+         ORDER BY c.ord;
 END
 $$;
 

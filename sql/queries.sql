@@ -30,10 +30,8 @@ SELECT pg_notify('jobservice_work', '');
 SELECT pg_notify('jobservice_outbox', '');
 
 -- name: claim_jobs
-SELECT c.id, c.tenant, c.job_class, c.priority, c.owner, c.attempt, c.created_at, c.queued_at,
-       (SELECT jsonb_object_agg(p.name, p.value) FROM t_job_parameters p WHERE p.job_id = c.id)
-           AS parameters
-  FROM jobservice_claim_jobs($1, $2) AS c;
+SELECT id, tenant, job_class, priority, owner, attempt, created_at, queued_at, parameters
+  FROM jobservice_claim_jobs($1, $2);
 
 -- name: mark_running
 UPDATE t_job_info SET status = 'RUNNING'
