@@ -1,0 +1,64 @@
+"""Graceful shutdown, the demo and the benchmark's measuring core."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+
+import asyncpg
+from rich.console import Console
+
+from jobservice.bench import bench_main
+from jobservice.client import JobClient
+from jobservice.demo import demo_main
+from jobservice.service import JobService
+from tests.conftest import make_settings, wait_for_all
+
+
+async def test_shutdown_hands_back_jobs_still_running_after_the_grace_period(
+    database_url: str, namespace: str, client: JobClient, db: asyncpg.Connection
+) -> None:
+    service = JobService(make_settings(database_url, namespace, shutdown_grace_s=0.5))
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), 30)
+    async with client.subscribe("#") as events:
+        reply = await client.submit("alpha", "tests.wait_forever")
+        assert reply is not None and reply.id is not None
+        await wait_for_all(events, [reply.id], "RUNNING")
+        service.request_stop()
+        await asyncio.wait_for(task, 30)  # returns: exit 0 from the CLI
+        seen = await wait_for_all(events, [reply.id], "QUEUED", timeout=10)
+    assert [(e.previous_status, e.status) for e in seen[str(reply.id)]] == [
+        ("RUNNING", "QUEUED")]
+    row = await db.fetchrow("SELECT status, instance_id FROM t_job_info WHERE id = $1", reply.id)
+    assert row is not None and row["status"] == "QUEUED" and row["instance_id"] is None
+    assert await db.fetchval("SELECT count(*) FROM t_job_event_outbox") == 0  # all published
+
+
+async def test_demo_runs_its_workload_to_the_expected_end(
+    database_url: str, namespace: str, db: asyncpg.Connection
+) -> None:
+    settings = make_settings(database_url, namespace, job_modules=[])
+    console = Console(force_terminal=False, width=120, file=io.StringIO())
+    assert await demo_main(settings, keep_running=False, console=console, speed=0.1) == 0
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "RUNNING -> FAILED" in output and "demo finished" in output
+    rows = await db.fetch("SELECT job_class, status, count(*) AS n FROM t_job_info "
+                          "GROUP BY job_class, status")
+    counts = {(r["job_class"], r["status"]): r["n"] for r in rows}
+    assert counts[("jobservice.fail", "FAILED")] == 1
+    assert counts[("jobservice.sleep", "ABORTED")] == 1
+    assert counts[("jobservice.sleep", "SUCCEEDED")] == 7
+    assert counts[("jobservice.noop", "SUCCEEDED")] == 8
+
+
+async def test_bench_measures_a_small_run(database_url: str, namespace: str) -> None:
+    settings = make_settings(database_url, namespace)
+    report = await bench_main(settings, jobs=60, tenants=3, instances=1, pool_size=4,
+                              database=f"jst_bench_{uuid.uuid4().hex[:8]}")
+    assert report.jobs == 60 and report.tenants == 3 and report.pool_size == 4
+    assert report.jobs_per_s > 0 and report.submit_per_s > 0
+    assert 0 < report.run_latency_p50_ms <= report.run_latency_p99_ms
+    assert report.run_latency_p50_ms <= report.done_latency_p50_ms
+    assert report.statements_per_job > 0
