@@ -25,6 +25,7 @@ class DatabaseListener:
         self._on_connect = on_connect
         self.is_relay_leader = False
         self.connected = False
+        self.first_connection = anyio.Event()
 
     async def run(self) -> None:
         backoff = 0.1
@@ -47,6 +48,7 @@ class DatabaseListener:
             for channel, handler in self._handlers.items():
                 await conn.add_listener(channel, _callback(handler))
             self.connected = True
+            self.first_connection.set()
             self._on_connect()  # we may have missed notifications while away
             while not lost.is_set():
                 if not self.is_relay_leader:

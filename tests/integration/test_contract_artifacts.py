@@ -129,7 +129,8 @@ async def test_health_readiness_and_metrics(
 
     for _ in range(50):
         _, text = await http_get(port, "/metrics")
-        if metric_value(text, "jobservice_jobs", tenant="t0", status="SUCCEEDED") == 3:
+        if (metric_value(text, "jobservice_jobs", tenant="t0", status="SUCCEEDED") == 3
+                and metric_value(text, "jobservice_jobs", tenant="t0", status="FAILED") == 1):
             break
         await asyncio.sleep(0.1)
     assert metric_value(text, "jobservice_jobs", tenant="t0", status="SUCCEEDED") == 3
