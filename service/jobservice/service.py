@@ -34,13 +34,16 @@ from jobservice.store import (
 log = logging.getLogger(__name__)
 
 
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, ConnectionError)
+
+
 async def _with_backoff(what: str, connect: Callable[[], Awaitable[None]]) -> None:
     backoff = 0.5
     while True:
         try:
             await connect()
             return
-        except (*TRANSIENT_DB_ERRORS, ConnectionError) as exc:  # type: ignore[misc]
+        except _CONNECT_ERRORS as exc:
             log.warning("%s not reachable (%s); retrying in %.1fs", what, exc, backoff)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
