@@ -6,12 +6,14 @@
 -- alone (idempotent resubmission) and the ids actually created are returned.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[],
-                         $6::text[], $7::text[], $8::timestamptz[])
-        AS i(id, tenant, job_class, status, priority, description, owner, expiration_date)
+                         $6::text[], $7::text[], $8::timestamptz[], $12::boolean[])
+        AS i(id, tenant, job_class, status, priority, description, owner, expiration_date,
+             at_most_once)
 ), inserted AS (
     INSERT INTO t_job_info (id, tenant, job_class, status, priority, description, owner,
-                            expiration_date)
-    SELECT id, tenant, job_class, status, priority, description, owner, expiration_date
+                            expiration_date, at_most_once)
+    SELECT id, tenant, job_class, status, priority, description, owner, expiration_date,
+           at_most_once
       FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -105,3 +107,12 @@ SELECT count(*) FROM t_job_event_outbox;
 -- name: fail_claimed
 UPDATE t_job_info SET status = 'FAILED', error_type = $3, error_message = $4
  WHERE id = $1 AND instance_id = $2 AND status = 'TO_BE_RUN';
+
+-- name: renew_lease
+SELECT jobservice_renew_lease($1, $2);
+
+-- name: release_lease
+DELETE FROM t_instance WHERE instance_id = $1;
+
+-- name: rescue_orphans
+SELECT id, status, instance_id FROM jobservice_rescue_orphans($1);

@@ -93,6 +93,7 @@ def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int) -> NewJ
         owner=message.owner,
         expiration_date=message.expiration_date,
         parameters=parameters.model_dump(mode="json"),
+        at_most_once=job_type.run_at_most_once,
     )
 
 

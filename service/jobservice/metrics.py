@@ -28,6 +28,11 @@ class ServiceMetrics:
                                    ["outcome", "reason"], registry=r)
         self.controls = Counter("jobservice_control_requests", "Control messages by action "
                                 "and outcome.", ["action", "outcome"], registry=r)
+        self.rescued = Counter("jobservice_jobs_rescued", "Jobs of lost instances taken back "
+                               "(requeued, or failed_lost for at-most-once job types).",
+                               ["outcome"], registry=r)
+        self.lease_age = Gauge("jobservice_instance_lease_age_seconds", "Seconds since this "
+                               "instance last renewed its lease.", registry=r)
         self.pool_capacity = Gauge("jobservice_pool_capacity", "Jobs this instance may run at "
                                    "once.", registry=r)
         self.pool_busy = Gauge("jobservice_pool_busy", "Pool slots taken (claimed or running).",

@@ -27,7 +27,9 @@ from jobservice.store import ClaimedJob, FinishedRun, Store
 
 log = logging.getLogger(__name__)
 
-CancelReason = Literal["stop", "shutdown"]
+# stop: ABORTED; shutdown: handed back to QUEUED; lost: the lease is gone and the job may
+# already be rescued elsewhere, so nothing is written.
+CancelReason = Literal["stop", "shutdown", "lost"]
 
 
 @dataclass(eq=False)
@@ -177,7 +179,9 @@ class WorkerPool:
         try:
             with anyio.CancelScope(shield=True):
                 self._throttle.untrack(claim.id)
-                if running.cancel_reason == "shutdown":
+                if running.cancel_reason == "lost":
+                    log.warning("job %s dropped: this instance lost its lease", claim.id)
+                elif running.cancel_reason == "shutdown":
                     await self._store.hand_back([claim.id], self._instance_id)
                     log.info("job %s handed back to QUEUED at shutdown", claim.id)
                     self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()

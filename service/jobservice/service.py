@@ -16,6 +16,7 @@ from jobservice.control import ControlHandler
 from jobservice.http import METRICS_CONTENT_TYPE, HttpServer
 from jobservice.intake import Intake
 from jobservice.jobs.registry import JobRegistry
+from jobservice.lease import LeaseKeeper
 from jobservice.listener import DatabaseListener
 from jobservice.metrics import ServiceMetrics
 from jobservice.pool import WorkerPool
@@ -66,6 +67,7 @@ class JobService:
         self.relay: OutboxRelay | None = None
         self.scheduler: Scheduler | None = None
         self.listener: DatabaseListener | None = None
+        self.lease: LeaseKeeper | None = None
 
     def request_stop(self) -> None:
         self._accepting = False
@@ -147,6 +149,11 @@ class JobService:
             relay.kick()
 
         store.on_events_written = relay.kick
+        lease = LeaseKeeper(store, s.instance_id, s.heartbeat_s, s.lease_timeout_s,
+                            self.metrics, on_lease_lost=lambda: self._drop_jobs(pool),
+                            on_rescued=after_write)
+        self.lease = lease
+        await lease.start()
         intake = Intake(store, broker, self.registry, self.metrics, s.submit_dlq,
                         s.intake_batch_size, s.max_message_bytes, after_write)
         control = ControlHandler(store, broker, pool, self.metrics, s.instance_id,
@@ -163,6 +170,7 @@ class JobService:
                     btg.start_soon(listener.run, name="db-listener")
                     btg.start_soon(relay.run, name="outbox-relay")
                     btg.start_soon(self._refresh_gauges, name="metrics-refresh")
+                    btg.start_soon(lease.run, name="lease")
 
         async def job_tasks() -> None:
             with jobs_scope:
@@ -184,6 +192,11 @@ class JobService:
         await self._stop.wait()
         await self._shutdown(broker, pool, scheduler, finisher, relay, jobs_scope)
         background.cancel()
+        with anyio.CancelScope(shield=True):
+            try:
+                await lease.release()
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning("lease not released (%s); it will expire", exc)
 
     async def _shutdown(self, broker: Broker, pool: WorkerPool, scheduler: Scheduler,
                         finisher: BatchWriter[FinishedRun, set[UUID]], relay: OutboxRelay,
@@ -207,6 +220,10 @@ class JobService:
                 except Exception as exc:
                     log.warning("events left in the outbox for later: %s", exc)
 
+    def _drop_jobs(self, pool: WorkerPool) -> None:
+        for job_id in pool.running_ids():
+            pool.cancel(job_id, "lost")
+
     async def _refresh_gauges(self) -> None:
         assert self.store is not None
         while True:
@@ -229,6 +246,8 @@ class JobService:
     async def _metrics_route(self) -> tuple[int, str, bytes]:
         self.metrics.db_up.set(1 if self.listener is not None and self.listener.connected else 0)
         self.metrics.broker_up.set(1 if self.broker is not None and self.broker.connected else 0)
+        if self.lease is not None:
+            self.metrics.lease_age.set(self.lease.lease_age_s)
         return 200, METRICS_CONTENT_TYPE, self.metrics.render()
 
     async def _healthz(self) -> tuple[int, str, bytes]:

@@ -61,6 +61,7 @@ class NewJob:
     owner: str | None
     expiration_date: datetime | None
     parameters: dict[str, Any]
+    at_most_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,7 @@ class Store:
                 [j.status.value for j in jobs], [j.priority for j in jobs],
                 [j.description for j in jobs], [j.owner for j in jobs],
                 [j.expiration_date for j in jobs], param_ids, param_names, param_values,
+                [j.at_most_once for j in jobs],
             )
             self.statements += 1
             created = frozenset(r["id"] for r in rows)
@@ -284,6 +286,25 @@ class Store:
 
     async def stop_requested_jobs(self, instance_id: str) -> list[UUID]:
         return [r["id"] for r in await self._fetch("stop_requested_jobs", instance_id)]
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def renew_lease(self, instance_id: str, timeout_s: float) -> bool:
+        """Renew this instance's lease; False if it had expired (jobs may be rescued)."""
+        async with self._pool.acquire() as conn:
+            ok = await conn.fetchval(QUERIES["renew_lease"], instance_id, timeout_s)
+        self.statements += 1
+        return bool(ok)
+
+    async def release_lease(self, instance_id: str) -> None:
+        await self._execute("release_lease", instance_id)
+
+    async def rescue_orphans(self, limit: int = 500) -> list[tuple[UUID, JobStatus, str]]:
+        """Hand back (or fail) jobs of instances whose lease expired."""
+        rows = await self._fetch("rescue_orphans", limit)
+        if rows:
+            self.on_events_written()
+        return [(r["id"], JobStatus(r["status"]), r["instance_id"]) for r in rows]
 
     # -- control --------------------------------------------------------------------------
 

@@ -71,6 +71,10 @@ class Job(Generic[P]):
     Parameters: ClassVar[type[BaseModel]] = NoParameters
     # Units of work in a run: `ctx.advance()` calls that make 100 %. May be set per instance.
     completion_count: int = 100
+    # When the instance running the job dies, the job goes back to QUEUED and runs again
+    # (it was interrupted, not failed). Set True for work that must never run twice: a lost
+    # run then ends FAILED with error type `lost`, for a person (or a `retry`) to decide.
+    run_at_most_once: ClassVar[bool] = False
 
     def __init__(self, parameters: P) -> None:
         self.parameters = parameters
