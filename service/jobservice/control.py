@@ -10,7 +10,12 @@ from pydantic import ValidationError
 
 from jobservice.batching import retry_transient
 from jobservice.bus import Broker, Delivery
-from jobservice.intake import Rejection, decode_json_object, validation_details
+from jobservice.intake import (
+    Rejection,
+    answer_and_ack,
+    decode_json_object,
+    validation_details,
+)
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ControlMessage, JobStatus
 from jobservice.pool import WorkerPool
@@ -50,9 +55,8 @@ class ControlHandler:
             return
         self._on_changed()
         self._metrics.controls.labels(message.action, "ok").inc()
-        await self._broker.reply(delivery, {"ok": True, "id": str(message.id),
-                                            "status": answer.value})
-        await delivery.ack()
+        await answer_and_ack(self._broker, delivery, {"ok": True, "id": str(message.id),
+                                               "status": answer.value})
 
     async def _apply(self, message: ControlMessage) -> JobStatus | Rejection:
         if message.action == "stop":
@@ -78,12 +82,15 @@ class ControlHandler:
     async def _refuse(self, delivery: Delivery, action: str, rejection: Rejection) -> None:
         log.warning("control refused: %s", rejection.reason(), extra={"job_id": rejection.job_id})
         self._metrics.controls.labels(action[:20], rejection.code).inc()
-        await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
+        try:
+            await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
+        except Exception as exc:
+            log.warning("dead-lettering failed (%s); the message will be redelivered", exc)
+            return
         reply: dict[str, Any] = rejection.reply()
         if rejection.job_id:
             reply["id"] = rejection.job_id
-        await self._broker.reply(delivery, reply)
-        await delivery.ack()
+        await answer_and_ack(self._broker, delivery, reply)
 
 
 def _not_found(message: ControlMessage) -> Rejection:

@@ -151,15 +151,27 @@ class Intake:
                 "accepted" if first_time else "duplicate", "").inc()
             if first_time:
                 self._metrics.transitions.labels(result.status.value).inc()
-            await self._broker.reply(delivery, {
+            await answer_and_ack(self._broker, delivery, {
                 "ok": True, "id": str(result.id),
                 "status": status.value if status else result.status.value})
-            await delivery.ack()
 
     async def _reject(self, delivery: Delivery, rejection: Rejection) -> None:
         log.warning("submission refused: %s", rejection.reason(),
                     extra={"job_id": rejection.job_id, "error_code": rejection.code})
         self._metrics.submissions.labels("rejected", rejection.code).inc()
-        await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
-        await self._broker.reply(delivery, rejection.reply())
+        try:
+            await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
+        except Exception as exc:  # broker away: not acked, so it comes back and is refused again
+            log.warning("dead-lettering failed (%s); the message will be redelivered", exc)
+            return
+        await answer_and_ack(self._broker, delivery, rejection.reply())
+
+
+async def answer_and_ack(broker: Broker, delivery: Delivery, reply: dict[str, Any]) -> None:
+    """Reply (when asked) and acknowledge, after the effect is committed. If the broker went
+    away meanwhile, the message is redelivered later and handled again (idempotently)."""
+    try:
+        await broker.reply(delivery, reply)
         await delivery.ack()
+    except Exception as exc:
+        log.warning("reply/ack failed (%s); the message will be redelivered", exc)

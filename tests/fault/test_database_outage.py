@@ -1,0 +1,59 @@
+"""PostgreSQL stops for a few seconds while jobs run: the service reconnects with backoff, the final
+writes that could not be made are made when it returns, nothing is lost."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from jobservice.client import JobClient
+from tests.conftest import ServiceFactory, wait_until
+from tests.support.services import postgres_outage
+
+pytestmark = pytest.mark.fault
+
+
+async def test_database_restart_while_jobs_run(
+    start_service: ServiceFactory, client: JobClient, database_url: str
+) -> None:
+    await start_service(pool_size=4)
+    ids = [uuid.uuid4() for _ in range(12)]
+    for job_id in ids:
+        await client.submit("alpha", "jobservice.sleep", {"seconds": 1.0, "ticks": 4}, id=job_id)
+    conn = await asyncpg.connect(database_url)
+    try:
+        async def some_running() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM t_job_info "
+                                       "WHERE status = 'RUNNING'") > 0
+
+        await wait_until(some_running)
+    finally:
+        await conn.close()
+    await postgres_outage(3.0)  # running jobs finish while it is away: their final writes wait
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        async def all_done() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM t_job_info "
+                                       "WHERE status = 'SUCCEEDED'") == len(ids)
+
+        await wait_until(all_done, timeout=90)
+        # and new work is taken again
+        reply = await client.submit("alpha", "jobservice.noop")
+        assert reply is not None and reply.ok
+
+        async def noop_done() -> bool:
+            return await conn.fetchval("SELECT status FROM t_job_info WHERE id = $1",
+                                       reply.id) == "SUCCEEDED"
+
+        await wait_until(noop_done, timeout=30)
+
+        async def outbox_empty() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM t_job_event_outbox") == 0
+
+        await wait_until(outbox_empty, timeout=30)
+        assert await conn.fetchval("SELECT max(attempt) FROM t_job_info") == 1
+    finally:
+        await conn.close()
