@@ -79,6 +79,9 @@ UPDATE t_job_info SET status = 'QUEUED'
 -- name: job_status
 SELECT status FROM t_job_info WHERE id = $1;
 
+-- name: job_tenant
+SELECT tenant FROM t_job_info WHERE id = $1;
+
 -- name: job_statuses
 SELECT id, status FROM t_job_info WHERE id = ANY($1::uuid[]);
 

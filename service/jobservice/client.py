@@ -30,8 +30,12 @@ class JobClient:
     """`async with JobClient(url, namespace) as client: await client.submit(...)`."""
 
     def __init__(self, amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/",
-                 namespace: str = "jobservice", reply_timeout_s: float = 30.0) -> None:
+                 namespace: str = "jobservice", reply_timeout_s: float = 30.0,
+                 user_id: str | None = None) -> None:
+        """`user_id`: set on every message (RabbitMQ checks it is the login); needed when the
+        service enforces tenant access control."""
         self._url = amqp_url
+        self._user_id = user_id
         self._ns = namespace
         self._timeout = reply_timeout_s
         self._connection: AbstractRobustConnection | None = None
@@ -79,7 +83,8 @@ class JobClient:
             aio_pika.Message(body, content_type="application/json",
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                              reply_to=self._reply_queue if wait else None,
-                             correlation_id=correlation_id if wait else None),
+                             correlation_id=correlation_id if wait else None,
+                             user_id=self._user_id),
             routing_key=routing_key,
         )
         if future is None:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # How often the per-tenant/status job counts behind /metrics are refreshed.
     metrics_refresh_s: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=2)
+    # Optional tenant access control: AMQP user (the `user_id` property, which RabbitMQ
+    # checks against the connection's login) -> tenants it may submit for and control
+    # ("*": all). Unset: no check. JSON in the environment.
+    tenant_acl: dict[str, list[str]] | None = None
+    max_parameters: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
 
     @field_validator("job_modules", mode="before")
@@ -51,6 +56,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def may_use_tenant(self, user_id: str | None, tenant: str) -> bool:
+        if self.tenant_acl is None:
+            return True
+        allowed = self.tenant_acl.get(user_id or "", [])
+        return "*" in allowed or tenant in allowed
 
     @property
     def submit_queue(self) -> str:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from jobservice.batching import retry_transient
 from jobservice.bus import Broker, Delivery
+from jobservice.config import Settings
 from jobservice.intake import (
     Rejection,
     answer_and_ack,
@@ -26,15 +27,15 @@ log = logging.getLogger(__name__)
 
 class ControlHandler:
     def __init__(self, store: Store, broker: Broker, pool: WorkerPool, metrics: ServiceMetrics,
-                 instance_id: str, dlq: str, max_bytes: int,
-                 on_changed: Callable[[], None]) -> None:
+                 settings: Settings, on_changed: Callable[[], None]) -> None:
         self._store = store
         self._broker = broker
         self._pool = pool
         self._metrics = metrics
-        self._instance_id = instance_id
-        self._dlq = dlq
-        self._max_bytes = max_bytes
+        self._settings = settings
+        self._instance_id = settings.instance_id
+        self._dlq = settings.control_dlq
+        self._max_bytes = settings.max_message_bytes
         self._on_changed = on_changed
 
     async def receive(self, delivery: Delivery) -> None:
@@ -49,6 +50,12 @@ class ControlHandler:
                 "invalid_message", "the control message does not match the schema",
                 validation_details(exc)))
             return
+        if self._settings.tenant_acl is not None:
+            refused = await retry_transient("control access",
+                                            lambda: self._check_access(message, delivery))
+            if refused is not None:
+                await self._refuse(delivery, message.action, refused)
+                return
         answer = await retry_transient(f"control {message.action}", lambda: self._apply(message))
         if isinstance(answer, Rejection):
             await self._refuse(delivery, message.action, answer)
@@ -57,6 +64,16 @@ class ControlHandler:
         self._metrics.controls.labels(message.action, "ok").inc()
         await answer_and_ack(self._broker, delivery, {"ok": True, "id": str(message.id),
                                                "status": answer.value})
+
+    async def _check_access(self, message: ControlMessage, delivery: Delivery
+                            ) -> Rejection | None:
+        tenant = await self._store.job_tenant(message.id)
+        if tenant is None:
+            return _not_found(message)
+        if not self._settings.may_use_tenant(delivery.user_id, tenant):
+            return Rejection("forbidden", f"AMQP user {delivery.user_id!r} may not control "
+                             f"jobs of tenant {tenant!r}", [], str(message.id))
+        return None
 
     async def _apply(self, message: ControlMessage) -> JobStatus | Rejection:
         if message.action == "stop":

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from jobservice.batching import retry_transient
 from jobservice.bus import Broker, Delivery
+from jobservice.config import Settings
 from jobservice.jobs.registry import JobRegistry
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import JobStatus, SubmitMessage
@@ -61,7 +62,8 @@ def decode_json_object(body: bytes, max_bytes: int) -> dict[str, Any] | Rejectio
     return data
 
 
-def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int) -> NewJob | Rejection:
+def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int,
+                     max_parameters: int = 1000) -> NewJob | Rejection:
     """Pure validation of one submission: wire schema, then the job type's parameters."""
     data = decode_json_object(body, max_bytes)
     if isinstance(data, Rejection):
@@ -73,6 +75,10 @@ def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int) -> NewJ
     except ValidationError as exc:
         return Rejection("invalid_message", "the submission does not match the schema",
                          validation_details(exc), job_id)
+    if len(message.parameters) > max_parameters:
+        return Rejection("invalid_parameters",
+                         f"{len(message.parameters)} parameters; the limit is {max_parameters}",
+                         [], job_id)
     if message.job_class not in registry:
         return Rejection("unknown_job_class",
                          f"job_class {message.job_class!r} is not registered here", [], job_id)
@@ -101,15 +107,15 @@ class Intake:
     """Takes deliveries from the submit queue and stores them in batches."""
 
     def __init__(self, store: Store, broker: Broker, registry: JobRegistry,
-                 metrics: ServiceMetrics, dlq: str, batch_size: int, max_bytes: int,
+                 metrics: ServiceMetrics, settings: Settings,
                  on_stored: Callable[[], None]) -> None:
         self._store = store
         self._broker = broker
         self._registry = registry
         self._metrics = metrics
-        self._dlq = dlq
-        self._batch_size = batch_size
-        self._max_bytes = max_bytes
+        self._settings = settings
+        self._dlq = settings.submit_dlq
+        self._batch_size = settings.intake_batch_size
         self._on_stored = on_stored
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
 
@@ -125,8 +131,7 @@ class Intake:
             await self.handle_batch(batch)
 
     async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
-        parsed = [(d, parse_submission(d.body, self._registry, self._max_bytes))
-                  for d in deliveries]
+        parsed = [(d, self._parse(d)) for d in deliveries]
         unique: dict[uuid.UUID, NewJob] = {}
         for _, result in parsed:
             if isinstance(result, NewJob) and result.id not in unique:
@@ -154,6 +159,15 @@ class Intake:
             await answer_and_ack(self._broker, delivery, {
                 "ok": True, "id": str(result.id),
                 "status": status.value if status else result.status.value})
+
+    def _parse(self, delivery: Delivery) -> NewJob | Rejection:
+        s = self._settings
+        result = parse_submission(delivery.body, self._registry, s.max_message_bytes,
+                                  s.max_parameters)
+        if isinstance(result, NewJob) and not s.may_use_tenant(delivery.user_id, result.tenant):
+            return Rejection("forbidden", f"AMQP user {delivery.user_id!r} may not submit for "
+                             f"tenant {result.tenant!r}", [], str(result.id))
+        return result
 
     async def _reject(self, delivery: Delivery, rejection: Rejection) -> None:
         log.warning("submission refused: %s", rejection.reason(),

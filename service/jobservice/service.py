@@ -154,10 +154,8 @@ class JobService:
                             on_rescued=after_write)
         self.lease = lease
         await lease.start()
-        intake = Intake(store, broker, self.registry, self.metrics, s.submit_dlq,
-                        s.intake_batch_size, s.max_message_bytes, after_write)
-        control = ControlHandler(store, broker, pool, self.metrics, s.instance_id,
-                                 s.control_dlq, s.max_message_bytes, after_write)
+        intake = Intake(store, broker, self.registry, self.metrics, s, after_write)
+        control = ControlHandler(store, broker, pool, self.metrics, s, after_write)
 
         background = anyio.CancelScope()
         jobs_scope = anyio.CancelScope()

@@ -337,6 +337,10 @@ class Store:
         self.statements += 1
         return None if value is None else JobStatus(value)
 
+    async def job_tenant(self, job_id: UUID) -> str | None:
+        row = await self._fetchrow("job_tenant", job_id)
+        return None if row is None else str(row["tenant"])
+
     async def get_job(self, job_id: UUID) -> dict[str, Any] | None:
         row = await self._fetchrow("get_job", job_id)
         if row is None:
