@@ -188,3 +188,11 @@ async def wait_for_all(events: asyncio.Queue[EventMessage], job_ids: Iterable[uu
             if event.status == status and event.previous_status != status:
                 waiting.discard(job_id)
     return seen
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.support.report import RESULTS, render
+
+    if RESULTS:
+        terminalreporter.write_sep("=", "fault-test report (losses and duplicates must be 0)")
+        terminalreporter.write_line(render(RESULTS))

@@ -10,14 +10,17 @@ import pytest
 
 from jobservice.client import JobClient
 from tests.conftest import ServiceFactory, wait_until
+from tests.support.amqp import EventTap
+from tests.support.report import count_scenario
 from tests.support.services import postgres_outage
 
 pytestmark = pytest.mark.fault
 
 
 async def test_database_restart_while_jobs_run(
-    start_service: ServiceFactory, client: JobClient, database_url: str
+    start_service: ServiceFactory, client: JobClient, database_url: str, namespace: str
 ) -> None:
+    tap = await EventTap(namespace).__aenter__()
     await start_service(pool_size=4)
     ids = [uuid.uuid4() for _ in range(12)]
     for job_id in ids:
@@ -55,5 +58,15 @@ async def test_database_restart_while_jobs_run(
 
         await wait_until(outbox_empty, timeout=30)
         assert await conn.fetchval("SELECT max(attempt) FROM t_job_info") == 1
+        expected = await conn.fetchval("SELECT sum(transition_seq) FROM t_job_info")
+        events = await tap.drain(expected)
+        await tap.__aexit__()
+        result = await count_scenario(
+            "PostgreSQL stopped 3 s while 12 jobs run", conn, [*ids, reply.id],
+            [(j, e, s) for j, e, s, _ in events],
+            duplicate_runs=await conn.fetchval(
+                "SELECT count(*) FROM t_job_info WHERE attempt > 1"))
+        assert (result.lost, result.duplicate_runs, result.missing_events,
+                result.duplicated_transitions) == (0, 0, 0, 0)
     finally:
         await conn.close()

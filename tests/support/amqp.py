@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 
 import aio_pika
@@ -72,3 +73,55 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if got == want:
             return float(value)
     return 0.0
+
+
+class EventTap:
+    """A durable queue bound to every event of a namespace: survives a broker restart, read
+    at the end. `async with EventTap(ns) as tap: ...; events = await tap.drain(n)`."""
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self.queue_name = f"{namespace}.test-tap-{id(self):x}"
+
+    async def __aenter__(self) -> EventTap:
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(f"{self._namespace}.events",
+                                                      aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue(self.queue_name, durable=True)
+            await queue.bind(exchange, "#")
+        finally:
+            await connection.close()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            await (await connection.channel()).queue_delete(self.queue_name)
+        finally:
+            await connection.close()
+
+    async def drain(self, at_least: int, timeout: float = 30.0) -> list[tuple[str, str, int, str]]:
+        """(job_id, event_id, seq, status) of every event received, at least `at_least`."""
+        messages = await read_queue(self.queue_name, at_least, timeout)
+        out = []
+        for message in messages:
+            body = json.loads(message.body)
+            seq = message.headers["x-jobservice-seq"]
+            assert isinstance(seq, int)
+            out.append((body["job_id"], body["event_id"], seq, body["status"]))
+        # whatever else is there (redeliveries)
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.queue_name, durable=True)
+            while (message := await queue.get(fail=False)) is not None:
+                await message.ack()
+                body = json.loads(message.body)
+                seq = message.headers["x-jobservice-seq"]
+                assert isinstance(seq, int)
+                out.append((body["job_id"], body["event_id"], seq, body["status"]))
+        finally:
+            await connection.close()
+        return out

@@ -3,22 +3,23 @@ rescues the jobs; every job ends in exactly one final status, none ran twice at 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from jobservice.client import JobClient
-from jobservice.model import EventMessage
 from tests.conftest import AMQP_URL, ServiceFactory, wait_until
+from tests.support.amqp import EventTap
 from tests.support.crash_jobs import CREATE_TABLE
+from tests.support.report import count_scenario
+
+pytestmark = pytest.mark.fault  # heavy and process-killing: runs with the fault tests
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = {"heartbeat_s": 0.3, "lease_timeout_s": 1.5}
@@ -50,8 +51,7 @@ async def test_kill_9_in_the_middle_of_500_jobs_loses_nothing_and_runs_nothing_t
                                           "WHERE instance_id = 'victim'"))
 
         await wait_until(victim_ready, timeout=30)
-        events: list[EventMessage] = []
-        async with client.subscribe("#") as queue:
+        async with EventTap(namespace) as tap:
             ids = [uuid.uuid4() for _ in range(500)]
             half = [{"id": str(i), "tenant": f"t{n % 5}", "job_class": "tests.recorded_run",
                      "parameters": {"seconds": 0.2}} for n, i in enumerate(ids)]
@@ -85,13 +85,16 @@ async def test_kill_9_in_the_middle_of_500_jobs_loses_nothing_and_runs_nothing_t
 
             await wait_until(all_final, timeout=90)
             # every submission again: idempotent, no second job
-            await client.submit_many(half)
-            await asyncio.sleep(0.5)
-            while not queue.empty():
-                events.append(queue.get_nowait())
-            await asyncio.sleep(1.0)
-            while not queue.empty():
-                events.append(queue.get_nowait())
+            for message in half:
+                again = await client.submit_raw(message)
+                assert again is not None and again.ok
+
+            async def outbox_empty() -> bool:
+                return await db.fetchval("SELECT count(*) FROM t_job_event_outbox") == 0
+
+            await wait_until(outbox_empty, timeout=30)
+            expected = await db.fetchval("SELECT sum(transition_seq) FROM t_job_info")
+            events = await tap.drain(expected)
     finally:
         if victim.poll() is None:
             victim.kill()
@@ -118,10 +121,10 @@ async def test_kill_9_in_the_middle_of_500_jobs_loses_nothing_and_runs_nothing_t
           ON a.job_id = b.job_id AND a.attempt < b.attempt
          WHERE a.instance <> 'victim'""")
     assert repeated_elsewhere == 0
-    # events: none missing per job (sequence numbers contiguous once deduplicated by id)
-    by_job: dict[str, dict[str, EventMessage]] = defaultdict(dict)
-    for event in events:
-        by_job[str(event.job_id)][str(event.event_id)] = event
-    final_counts = [sum(1 for e in job.values() if e.status in ("SUCCEEDED", "FAILED"))
-                    for job in by_job.values()]
-    assert len(by_job) == 501 and all(n == 1 for n in final_counts)
+    result = await count_scenario(
+        "kill -9 of one of two instances, 500 jobs + 1 at-most-once", db,
+        [*ids, at_most_once["id"]], [(j, e, s) for j, e, s, _ in events],
+        duplicate_runs=overlaps + repeated_elsewhere)
+    assert (result.lost, result.missing_events, result.duplicated_transitions) == (0, 0, 0)
+    finals = [(j, e) for j, e, _, status in events if status in ("SUCCEEDED", "FAILED")]
+    assert len({j for j, _ in finals}) == 501 and len(set(finals)) == 501
