@@ -200,6 +200,10 @@ CREATE TRIGGER t_job_info_event_on_change
           OR OLD.percent_completed IS DISTINCT FROM NEW.percent_completed)
     EXECUTE FUNCTION jobservice_after_job_write();
 
+-- Whether an instance may claim now (redefined by 002 to require a live lease).
+CREATE FUNCTION jobservice_may_claim(p_instance text) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT true $$;
+
 -- Claim up to p_limit queued jobs for p_instance: round robin over the tenants that have
 -- work (least recently served first), priority then age within a tenant. Expired jobs met
 -- on the way end FAILED (error type `expired`) and are not returned.
@@ -220,7 +224,7 @@ DECLARE
     v_job     t_job_info;
     v_claimed integer := 0;
 BEGIN
-    IF p_limit <= 0 THEN
+    IF p_limit <= 0 OR NOT jobservice_may_claim(p_instance) THEN
         RETURN;
     END IF;
     -- One claimer at a time across instances, so the round robin is global. Held for the

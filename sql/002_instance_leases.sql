@@ -11,6 +11,14 @@ CREATE TABLE t_instance (
     lease_expires_at timestamptz NOT NULL
 );
 
+-- Claims need a live lease: jobs claimed under it cannot be rescued while it lives, and an
+-- instance whose lease lapsed claims nothing until it has handed its jobs back.
+CREATE OR REPLACE FUNCTION jobservice_may_claim(p_instance text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM t_instance
+                    WHERE instance_id = p_instance AND lease_expires_at > clock_timestamp())
+$$;
+
 -- Renew (or take) this instance's lease; returns false when the lease had already expired,
 -- i.e. other instances may have rescued its jobs: the caller must drop them.
 CREATE FUNCTION jobservice_renew_lease(p_instance text, p_timeout_s double precision)

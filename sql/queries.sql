@@ -114,6 +114,10 @@ UPDATE t_job_info SET status = 'FAILED', error_type = $3, error_message = $4
 -- name: renew_lease
 SELECT jobservice_renew_lease($1, $2);
 
+-- name: lease_lapsed
+SELECT coalesce((SELECT lease_expires_at <= clock_timestamp() FROM t_instance
+                  WHERE instance_id = $1), true);
+
 -- name: release_lease
 DELETE FROM t_instance WHERE instance_id = $1;
 

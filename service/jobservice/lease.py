@@ -49,13 +49,7 @@ class LeaseKeeper:
         while True:
             await anyio.sleep(self._heartbeat)
             try:
-                if not await self._store.renew_lease(self._instance_id, self._timeout):
-                    log.error("lease of %s had expired; its jobs may run elsewhere now: "
-                              "dropping the ones running here", self._instance_id)
-                    self._on_lease_lost()
-                self.last_renewed = time.monotonic()
-                self.fenced = False
-                await self.rescue()
+                await self.heartbeat()
             except TRANSIENT_DB_ERRORS as exc:
                 silent = time.monotonic() - self.last_renewed
                 log.warning("lease renewal failed (%s); %.0fs since the last one", exc, silent)
@@ -64,6 +58,22 @@ class LeaseKeeper:
                               "other instances rescue them", silent)
                     self.fenced = True
                     self._on_lease_lost()
+
+    async def heartbeat(self) -> None:
+        if self.fenced or await self._store.lease_lapsed(self._instance_id):
+            # Our jobs may be rescued (or run) elsewhere now. Drop them here, then let the
+            # normal rescue hand back those still recorded as ours, before we claim again
+            # (claims need a live lease, so none happen in between).
+            if not self.fenced:
+                log.error("lease of %s lapsed: dropping the jobs running here; they go "
+                          "back to the queue", self._instance_id)
+                self._on_lease_lost()
+            await self._store.release_lease(self._instance_id)
+            await self.rescue()
+        await self._store.renew_lease(self._instance_id, self._timeout)
+        self.last_renewed = time.monotonic()
+        self.fenced = False
+        await self.rescue()
 
     @property
     def lease_age_s(self) -> float:

@@ -296,6 +296,10 @@ class Store:
         self.statements += 1
         return bool(ok)
 
+    async def lease_lapsed(self, instance_id: str) -> bool:
+        row = await self._fetchrow("lease_lapsed", instance_id)
+        return bool(row is not None and row[0])
+
     async def release_lease(self, instance_id: str) -> None:
         await self._execute("release_lease", instance_id)
 

@@ -3,39 +3,30 @@ rescues the jobs; every job ends in exactly one final status, none ran twice at 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from jobservice.client import JobClient
-from tests.conftest import AMQP_URL, ServiceFactory, wait_until
+from tests.conftest import ServiceFactory, wait_until
 from tests.support.amqp import EventTap
 from tests.support.crash_jobs import CREATE_TABLE
+from tests.support.processes import spawn_service
 from tests.support.report import count_scenario
 
 pytestmark = pytest.mark.fault  # heavy and process-killing: runs with the fault tests
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE = {"heartbeat_s": 0.3, "lease_timeout_s": 1.5}
 
 
 def spawn_instance(database_url: str, namespace: str, name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "JOBSERVICE_DATABASE_URL": database_url,
-           "JOBSERVICE_AMQP_URL": AMQP_URL, "JOBSERVICE_NAMESPACE": namespace,
-           "JOBSERVICE_INSTANCE_ID": name, "JOBSERVICE_HTTP_PORT": "0",
-           "JOBSERVICE_POOL_SIZE": "16", "JOBSERVICE_JOB_MODULES": "tests.support.crash_jobs",
-           "JOBSERVICE_HEARTBEAT_S": str(LEASE["heartbeat_s"]),
-           "JOBSERVICE_LEASE_TIMEOUT_S": str(LEASE["lease_timeout_s"]),
-           "JOBSERVICE_LOG_LEVEL": "WARNING",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "jobservice.cli", "run"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn_service(database_url, namespace, instance_id=name, pool_size="16",
+                         job_modules="tests.support.crash_jobs",
+                         heartbeat_s=str(LEASE["heartbeat_s"]),
+                         lease_timeout_s=str(LEASE["lease_timeout_s"]))
 
 
 async def test_kill_9_in_the_middle_of_500_jobs_loses_nothing_and_runs_nothing_twice(

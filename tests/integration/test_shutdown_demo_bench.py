@@ -13,7 +13,7 @@ from jobservice.bench import bench_main
 from jobservice.client import JobClient
 from jobservice.demo import demo_main
 from jobservice.service import JobService
-from tests.conftest import make_settings, wait_for_all
+from tests.conftest import ServiceFactory, make_settings, wait_for_all
 
 
 async def test_shutdown_hands_back_jobs_still_running_after_the_grace_period(
@@ -62,3 +62,50 @@ async def test_bench_measures_a_small_run(database_url: str, namespace: str) -> 
     assert 0 < report.run_latency_p50_ms <= report.run_latency_p99_ms
     assert report.run_latency_p50_ms <= report.done_latency_p50_ms
     assert report.statements_per_job > 0
+
+
+async def test_an_instance_whose_lease_lapsed_hands_its_jobs_back_before_claiming(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    service = await start_service(heartbeat_s=0.2, lease_timeout_s=30)
+    async with client.subscribe("#") as events:
+        reply = await client.submit("alpha", "tests.wait_forever")
+        assert reply is not None and reply.id is not None
+        await wait_for_all(events, [reply.id], "RUNNING")
+        # as if the instance had been paused past its lease
+        await db.execute("UPDATE t_instance SET lease_expires_at = now() - interval '1 s' "
+                         "WHERE instance_id = $1", service.settings.instance_id)
+        seen = await wait_for_all(events, [reply.id], "QUEUED")
+        seen_again = await wait_for_all(events, [reply.id], "RUNNING")
+    assert [(e.previous_status, e.status) for e in seen[str(reply.id)]] == [
+        ("RUNNING", "QUEUED")]
+    assert seen_again[str(reply.id)][-1].status == "RUNNING"
+    assert await db.fetchval("SELECT attempt FROM t_job_info WHERE id = $1", reply.id) == 2
+    assert service.pool is not None and service.pool.busy == 1  # only the new attempt
+
+
+async def test_sigterm_lets_running_jobs_finish_then_exits_zero(
+    database_url: str, namespace: str, client: JobClient, db: asyncpg.Connection
+) -> None:
+    import signal
+
+    from tests.support.processes import spawn_service
+
+    proc = spawn_service(database_url, namespace, shutdown_grace_s="1",
+                         job_modules="tests.support.jobs")
+    try:
+        async with client.subscribe("#") as events:
+            short = await client.submit("alpha", "jobservice.sleep", {"seconds": 0.6})
+            long = await client.submit("alpha", "tests.wait_forever")
+            assert short is not None and long is not None
+            await wait_for_all(events, [short.id, long.id], "RUNNING")  # type: ignore[list-item]
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+        assert code == 0
+        statuses = dict(await db.fetch("SELECT id, status FROM t_job_info"))
+        assert statuses == {short.id: "SUCCEEDED", long.id: "QUEUED"}  # finished; handed back
+        assert await db.fetchval("SELECT count(*) FROM t_instance") == 0  # lease released
+        assert await db.fetchval("SELECT count(*) FROM t_job_event_outbox") == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
