@@ -198,3 +198,17 @@ async def test_the_per_tenant_pick_uses_the_queued_index(db: asyncpg.Connection)
         "EXPLAIN SELECT * FROM t_job_info j WHERE j.status = 'QUEUED' AND j.tenant = 'alpha' "
         "ORDER BY j.priority DESC, j.queued_at, j.id LIMIT 1 FOR UPDATE SKIP LOCKED"))
     assert "t_job_info_queued_idx" in plan, plan
+
+
+async def test_fairness_holds_across_two_instances(
+    start_service: ServiceFactory, db: asyncpg.Connection
+) -> None:
+    await insert_queued(db, "flood", 600)
+    await insert_queued(db, "small", 10)
+    await start_service(pool_size=2)
+    await start_service(pool_size=2)
+    await all_final(db, 610)
+    order = await start_order(db)
+    positions = [n for n, tenant in enumerate(order) if tenant == "small"]
+    assert max(positions) < 26, positions  # round robin is global, not per instance
+    assert await db.fetchval("SELECT count(DISTINCT instance_id) FROM t_job_info") == 2
