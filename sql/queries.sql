@@ -105,7 +105,9 @@ DELETE FROM t_job_event_outbox WHERE id = ANY($1::bigint[]);
 SELECT tenant, status, count(*) AS jobs FROM t_job_info GROUP BY tenant, status;
 
 -- name: outbox_backlog
-SELECT count(*) FROM t_job_event_outbox;
+SELECT count(*) AS events,
+       coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS lag_s
+  FROM t_job_event_outbox;
 
 -- name: fail_claimed
 UPDATE t_job_info SET status = 'FAILED', error_type = $3, error_message = $4

@@ -17,6 +17,7 @@ from jobservice.batching import retry_transient
 from jobservice.bus import Broker, Delivery
 from jobservice.config import Settings
 from jobservice.jobs.registry import JobRegistry
+from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import JobStatus, SubmitMessage
 from jobservice.store import NewJob, Store
@@ -156,6 +157,8 @@ class Intake:
                 "accepted" if first_time else "duplicate", "").inc()
             if first_time:
                 self._metrics.transitions.labels(result.status.value).inc()
+                log_transition(result.id, result.tenant, result.job_class, result.status.value,
+                               detail="submitted")
             await answer_and_ack(self._broker, delivery, {
                 "ok": True, "id": str(result.id),
                 "status": status.value if status else result.status.value})

@@ -28,6 +28,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+_transitions = logging.getLogger("jobservice.transitions")
+
+
+def log_transition(job_id: object, tenant: str, job_class: str, status: str,
+                   level: int = logging.INFO, detail: str = "") -> None:
+    """One line per status change, with the job's context as structured fields."""
+    if _transitions.isEnabledFor(level):
+        _transitions.log(level, "job %s %s%s", job_id, status, f": {detail}" if detail else "",
+                         extra={"job_id": str(job_id), "tenant": tenant,
+                                "job_class": job_class, "status": status})
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -50,6 +50,8 @@ class ServiceMetrics:
                                      "whose publication failed (retried).", registry=r)
         self.outbox_backlog = Gauge("jobservice_outbox_backlog", "Events stored, not yet "
                                     "published (refreshed periodically).", registry=r)
+        self.outbox_lag = Gauge("jobservice_outbox_lag_seconds", "Age of the oldest event not "
+                                "yet published (relay lag; refreshed periodically).", registry=r)
         self.db_up = Gauge("jobservice_database_up", "1 while the database answers.",
                            registry=r)
         self.broker_up = Gauge("jobservice_broker_up", "1 while the broker connection is "

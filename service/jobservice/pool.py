@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from jobservice.batching import BatchWriter, retry_transient
 from jobservice.jobs.base import Job, JobContext, JobStopped
 from jobservice.jobs.registry import JobRegistry, UnknownJobClass
+from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ErrorType, JobStatus
 from jobservice.progress import CompletionThrottle
@@ -116,6 +117,8 @@ class WorkerPool:
         if not prepared:
             return
         self._metrics.transitions.labels(JobStatus.TO_BE_RUN.value).inc(len(claimed))
+        for claim, _ in prepared.values():
+            log_transition(claim.id, claim.tenant, claim.job_class, "TO_BE_RUN")
         started = await retry_transient(
             "mark running", lambda: self._store.mark_running(list(prepared), self._instance_id))
         self._metrics.transitions.labels(JobStatus.RUNNING.value).inc(len(started))
@@ -125,6 +128,7 @@ class WorkerPool:
             claim, job = prepared[row.id]
             ctx = JobContext(claim.id, claim.tenant, claim.job_class, claim.attempt,
                              claim.owner, job.completion_count)
+            log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
             running = RunningJob(claim, ctx)
             self._running[claim.id] = running
             if row.stop_requested:
@@ -140,8 +144,8 @@ class WorkerPool:
         except (UnknownJobClass, ValidationError) as exc:
             error = (ErrorType.UNKNOWN_JOB_CLASS if isinstance(exc, UnknownJobClass)
                      else ErrorType.INVALID_PARAMETERS)
-            log.error("job %s (%s, tenant %s) cannot be prepared: %s",
-                      claim.id, claim.job_class, claim.tenant, exc)
+            log_transition(claim.id, claim.tenant, claim.job_class, "FAILED", logging.ERROR,
+                           f"cannot be prepared: {error.value}: {exc}")
             await self._store.fail_claimed(claim.id, self._instance_id, error.value, str(exc))
             self._metrics.transitions.labels(JobStatus.FAILED.value).inc()
             self._release()
@@ -183,7 +187,8 @@ class WorkerPool:
                     log.warning("job %s dropped: this instance lost its lease", claim.id)
                 elif running.cancel_reason == "shutdown":
                     await self._store.hand_back([claim.id], self._instance_id)
-                    log.info("job %s handed back to QUEUED at shutdown", claim.id)
+                    log_transition(claim.id, claim.tenant, claim.job_class, "QUEUED",
+                                   detail="handed back at shutdown")
                     self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()
                 else:
                     if outcome is None or running.cancel_reason == "stop":
@@ -244,13 +249,11 @@ def _to_json(result: Any) -> str | None:
 
 
 def _log_outcome(claim: ClaimedJob, outcome: FinishedRun, applied: set[UUID]) -> None:
-    extra = {"job_id": str(claim.id), "tenant": claim.tenant, "job_class": claim.job_class,
-             "status": outcome.status.value}
     if claim.id not in applied:
-        log.warning("job %s: final status %s not written: the job is no longer this "
-                    "instance's run", claim.id, outcome.status.value, extra=extra)
+        log_transition(claim.id, claim.tenant, claim.job_class, outcome.status.value,
+                       logging.WARNING, "not written: the job is no longer this instance's run")
     elif outcome.status is JobStatus.FAILED:
-        log.info("job %s FAILED: %s: %s", claim.id, outcome.error_type, outcome.error_message,
-                 extra=extra)
+        log_transition(claim.id, claim.tenant, claim.job_class, "FAILED", logging.INFO,
+                       f"{outcome.error_type}: {outcome.error_message}")
     else:
-        log.info("job %s %s", claim.id, outcome.status.value, extra=extra)
+        log_transition(claim.id, claim.tenant, claim.job_class, outcome.status.value)

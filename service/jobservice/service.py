@@ -230,7 +230,9 @@ class JobService:
                 self.metrics.jobs.clear()
                 for tenant, status, jobs in counts:
                     self.metrics.jobs.labels(tenant, status).set(jobs)
-                self.metrics.outbox_backlog.set(await self.store.outbox_backlog())
+                backlog, lag = await self.store.outbox_backlog()
+                self.metrics.outbox_backlog.set(backlog)
+                self.metrics.outbox_lag.set(lag)
             except TRANSIENT_DB_ERRORS as exc:
                 log.debug("gauge refresh failed: %s", exc)
             await anyio.sleep(self.settings.metrics_refresh_s)

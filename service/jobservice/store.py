@@ -378,9 +378,11 @@ class Store:
     async def count_jobs(self) -> list[tuple[str, str, int]]:
         return [(r["tenant"], r["status"], r["jobs"]) for r in await self._fetch("count_jobs")]
 
-    async def outbox_backlog(self) -> int:
-        async with self._pool.acquire() as conn:
-            return int(await conn.fetchval(QUERIES["outbox_backlog"]))
+    async def outbox_backlog(self) -> tuple[int, float]:
+        """Events stored but not published, and the age in seconds of the oldest."""
+        row = await self._fetchrow("outbox_backlog")
+        assert row is not None
+        return int(row["events"]), float(row["lag_s"])
 
     # -- plumbing -------------------------------------------------------------------------
 
