@@ -124,6 +124,10 @@ async def test_health_readiness_and_metrics(
     assert metric_value(text, "jobservice_database_up") == 1
     assert metric_value(text, "jobservice_broker_up") == 1
     assert 'jobservice_build_info{version="' in text
+    assert 0 <= metric_value(text, "jobservice_instance_lease_age_seconds") < 30
+    assert "jobservice_outbox_lag_seconds" in text and "jobservice_outbox_backlog" in text
+    assert "jobservice_jobs_rescued_total" not in text or metric_value(
+        text, "jobservice_jobs_rescued_total", outcome="requeued") == 0
     # the per-tenant gauge is refreshed every 0.2 s in tests
     import asyncio
 
