@@ -206,17 +206,18 @@ LANGUAGE sql STABLE AS $$ SELECT true $$;
 
 -- Claim up to p_limit queued jobs for p_instance: round robin over the tenants that have
 -- work (least recently served first), priority then age within a tenant. Expired jobs met
--- on the way end FAILED (error type `expired`) and are not returned.
+-- on the way end FAILED (error type `expired`); they are returned too, with that status.
 -- The parameters are read inside the function: its statements see rows committed after the
 -- calling statement's snapshot, which a subquery in the caller would not.
 CREATE FUNCTION jobservice_claim_jobs(p_instance text, p_limit integer)
-RETURNS TABLE (id uuid, tenant text, job_class text, priority integer, owner text,
-               attempt integer, created_at timestamptz, queued_at timestamptz,
+RETURNS TABLE (id uuid, status text, tenant text, job_class text, priority integer,
+               owner text, attempt integer, created_at timestamptz, queued_at timestamptz,
                parameters jsonb)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_ids     uuid[] := '{}';
+    v_expired uuid[] := '{}';
     v_active  text[];
     v_next    text[];
     v_served  text[] := '{}';
@@ -258,6 +259,7 @@ BEGIN
                     UPDATE t_job_info SET status = 'FAILED', error_type = 'expired',
                            error_message = 'expired at ' || v_job.expiration_date || ' before it could run'
                      WHERE id = v_job.id;
+                    v_expired := array_append(v_expired, v_job.id);
                     CONTINUE;
                 END IF;
                 UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = p_instance,
@@ -282,11 +284,11 @@ BEGIN
     ON CONFLICT (tenant) DO UPDATE SET last_turn = EXCLUDED.last_turn;
 
     RETURN QUERY
-        SELECT j.id, j.tenant, j.job_class, j.priority, j.owner, j.attempt, j.created_at,
-               j.queued_at,
+        SELECT j.id, j.status, j.tenant, j.job_class, j.priority, j.owner, j.attempt,
+               j.created_at, j.queued_at,
                (SELECT jsonb_object_agg(p.name, p.value) FROM t_job_parameters p
                  WHERE p.job_id = j.id)
-          FROM unnest(v_ids) WITH ORDINALITY AS c(id, ord)
+          FROM unnest(v_ids || v_expired) WITH ORDINALITY AS c(id, ord)
           JOIN t_job_info j ON j.id = c.id
          ORDER BY c.ord;
 END
@@ -295,7 +297,8 @@ $$;
 -- stop: a job not yet running ends ABORTED here; a running one is flagged and its instance
 -- told through NOTIFY, which cancels it and writes ABORTED itself.
 CREATE FUNCTION jobservice_stop_job(p_id uuid)
-RETURNS TABLE (status text, instance_id text) LANGUAGE plpgsql AS $$
+RETURNS TABLE (status text, instance_id text, tenant text, job_class text, changed boolean)
+LANGUAGE plpgsql AS $$
 DECLARE
     v_job t_job_info;
 BEGIN
@@ -313,6 +316,10 @@ BEGIN
     END IF;
     status := v_job.status;
     instance_id := v_job.instance_id;
+    tenant := v_job.tenant;
+    job_class := v_job.job_class;
+    changed := v_job.status = 'ABORTED' AND v_job.error_type = 'stopped'
+               AND v_job.ended_at >= now();  -- aborted by this very call
     RETURN NEXT;
 END
 $$;

@@ -41,7 +41,8 @@ $$;
 -- attempt), or end FAILED (`lost`) when they ran and must not run twice. Each is a normal
 -- transition with its event. Runs in any live instance; SKIP LOCKED keeps them apart.
 CREATE FUNCTION jobservice_rescue_orphans(p_limit integer)
-RETURNS TABLE (id uuid, status text, instance_id text) LANGUAGE plpgsql AS $$
+RETURNS TABLE (id uuid, status text, instance_id text, tenant text, job_class text)
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -64,7 +65,7 @@ BEGIN
                                 ELSE j.error_message END
       FROM orphans o
      WHERE j.id = o.id
-    RETURNING j.id, j.status, o.lost_instance;
+    RETURNING j.id, j.status, o.lost_instance, j.tenant, j.job_class;
     IF FOUND THEN
         PERFORM pg_notify('jobservice_work', '');
     END IF;

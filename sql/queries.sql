@@ -32,7 +32,8 @@ SELECT pg_notify('jobservice_work', '');
 SELECT pg_notify('jobservice_outbox', '');
 
 -- name: claim_jobs
-SELECT id, tenant, job_class, priority, owner, attempt, created_at, queued_at, parameters
+SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
+       parameters
   FROM jobservice_claim_jobs($1, $2);
 
 -- name: mark_running
@@ -67,14 +68,15 @@ UPDATE t_job_info SET status = 'QUEUED'
 RETURNING id;
 
 -- name: stop_job
-SELECT status, instance_id FROM jobservice_stop_job($1);
+SELECT status, instance_id, tenant, job_class, changed FROM jobservice_stop_job($1);
 
 -- name: enqueue_job
-UPDATE t_job_info SET status = 'QUEUED' WHERE id = $1 AND status = 'PENDING' RETURNING status;
+UPDATE t_job_info SET status = 'QUEUED' WHERE id = $1 AND status = 'PENDING'
+RETURNING status, tenant, job_class;
 
 -- name: retry_job
 UPDATE t_job_info SET status = 'QUEUED'
- WHERE id = $1 AND status IN ('FAILED', 'ABORTED') RETURNING status;
+ WHERE id = $1 AND status IN ('FAILED', 'ABORTED') RETURNING status, tenant, job_class;
 
 -- name: job_status
 SELECT status FROM t_job_info WHERE id = $1;
@@ -124,4 +126,4 @@ SELECT coalesce((SELECT lease_expires_at <= clock_timestamp() FROM t_instance
 DELETE FROM t_instance WHERE instance_id = $1;
 
 -- name: rescue_orphans
-SELECT id, status, instance_id FROM jobservice_rescue_orphans($1);
+SELECT id, status, instance_id, tenant, job_class FROM jobservice_rescue_orphans($1);

@@ -17,6 +17,7 @@ from jobservice.intake import (
     decode_json_object,
     validation_details,
 )
+from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ControlMessage, JobStatus
 from jobservice.pool import WorkerPool
@@ -80,13 +81,18 @@ class ControlHandler:
             stopped = await self._store.stop_job(message.id)
             if stopped is None:
                 return _not_found(message)
-            status, instance_id = stopped
-            if status is JobStatus.RUNNING and instance_id == self._instance_id:
+            if stopped.aborted_now:
+                self._metrics.transitions.labels(JobStatus.ABORTED.value).inc()
+                log_transition(message.id, stopped.job.tenant, stopped.job.job_class, "ABORTED",
+                               detail="stopped before it ran")
+            elif stopped.status is JobStatus.RUNNING and stopped.instance_id == self._instance_id:
                 self._pool.cancel(message.id, "stop")  # the NOTIFY will say so too
-            return status
+            return stopped.status
         change = self._store.enqueue_job if message.action == "enqueue" else self._store.retry_job
-        if await change(message.id):
+        job = await change(message.id)
+        if job is not None:
             self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()
+            log_transition(job.id, job.tenant, job.job_class, "QUEUED", detail=message.action)
             return JobStatus.QUEUED
         current = await self._store.job_status(message.id)
         if current is None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import anyio
 
 from jobservice.batching import TRANSIENT_DB_ERRORS
+from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import JobStatus
 from jobservice.store import Store
@@ -81,9 +82,9 @@ class LeaseKeeper:
 
     async def rescue(self) -> None:
         rescued = await self._store.rescue_orphans()
-        for job_id, status, lost_instance in rescued:
-            log.warning("job %s of lost instance %s: %s", job_id, lost_instance, status.value,
-                        extra={"job_id": str(job_id), "status": status.value})
+        for job, status, lost_instance in rescued:
+            log_transition(job.id, job.tenant, job.job_class, status.value, logging.WARNING,
+                           f"rescued from lost instance {lost_instance}")
             self._metrics.transitions.labels(status.value).inc()
             self._metrics.rescued.labels("requeued" if status is JobStatus.QUEUED
                                          else "failed_lost").inc()

@@ -24,7 +24,7 @@ from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ErrorType, JobStatus
 from jobservice.progress import CompletionThrottle
-from jobservice.store import ClaimedJob, FinishedRun, Store
+from jobservice.store import ClaimedJob, FinishedRun, JobRef, Store
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,12 @@ class WorkerPool:
             if row.stop_requested:
                 self.cancel(claim.id, "stop")
             self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
+
+    def record_expired(self, jobs: Sequence[JobRef]) -> None:
+        """Jobs the claim found past their expiration date (now FAILED, never run)."""
+        self._metrics.transitions.labels(JobStatus.FAILED.value).inc(len(jobs))
+        for job in jobs:
+            log_transition(job.id, job.tenant, job.job_class, "FAILED", detail="expired")
 
     async def _prepare(self, claim: ClaimedJob) -> Job[Any] | None:
         """Build the job from its parameters; a job that cannot be built ends FAILED."""

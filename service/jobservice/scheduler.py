@@ -57,7 +57,7 @@ class Scheduler:
             free = self._pool.free_slots
             self._pool.reserve(free)
             try:
-                claimed = await self._store.claim_jobs(self._instance_id, free)
+                claimed, expired = await self._store.claim_jobs(self._instance_id, free)
             except TRANSIENT_DB_ERRORS as exc:
                 self._pool.reserve(-free)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
@@ -72,6 +72,8 @@ class Scheduler:
             self.claims += 1
             # Give back the slots the claim did not fill.
             self._pool.reserve(len(claimed) - free)
+            if expired:
+                self._pool.record_expired(expired)
             if claimed:
                 await self._pool.start(claimed)
             if len(claimed) < free:

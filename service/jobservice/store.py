@@ -78,6 +78,23 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRef:
+    """Enough of a job to log and count a transition of it."""
+
+    id: UUID
+    tenant: str
+    job_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopOutcome:
+    status: JobStatus
+    instance_id: str | None
+    job: JobRef
+    aborted_now: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StartedJob:
     id: UUID
     stop_requested: bool
@@ -236,17 +253,22 @@ class Store:
 
     # -- scheduling and running -----------------------------------------------------------
 
-    async def claim_jobs(self, instance_id: str, limit: int) -> list[ClaimedJob]:
+    async def claim_jobs(self, instance_id: str, limit: int
+                         ) -> tuple[list[ClaimedJob], list[JobRef]]:
+        """Claimed jobs (TO_BE_RUN), and the expired ones met on the way (now FAILED)."""
         rows = await self._fetch("claim_jobs", instance_id, limit)
-        return [
+        claimed = [
             ClaimedJob(
                 id=r["id"], tenant=r["tenant"], job_class=r["job_class"],
                 priority=r["priority"], owner=r["owner"], attempt=r["attempt"],
                 created_at=r["created_at"], queued_at=r["queued_at"],
                 parameters=r["parameters"] or {},
             )
-            for r in rows
+            for r in rows if r["status"] == JobStatus.TO_BE_RUN
         ]
+        expired = [JobRef(r["id"], r["tenant"], r["job_class"])
+                   for r in rows if r["status"] != JobStatus.TO_BE_RUN]
+        return claimed, expired
 
     async def mark_running(self, ids: Sequence[UUID], instance_id: str) -> list[StartedJob]:
         rows = await self._fetch("mark_running", list(ids), instance_id)
@@ -303,37 +325,44 @@ class Store:
     async def release_lease(self, instance_id: str) -> None:
         await self._execute("release_lease", instance_id)
 
-    async def rescue_orphans(self, limit: int = 500) -> list[tuple[UUID, JobStatus, str]]:
+    async def rescue_orphans(self, limit: int = 500
+                             ) -> list[tuple[JobRef, JobStatus, str]]:
         """Hand back (or fail) jobs of instances whose lease expired."""
         rows = await self._fetch("rescue_orphans", limit)
         if rows:
             self.on_events_written()
-        return [(r["id"], JobStatus(r["status"]), r["instance_id"]) for r in rows]
+        return [(JobRef(r["id"], r["tenant"], r["job_class"]), JobStatus(r["status"]),
+                 r["instance_id"]) for r in rows]
 
     # -- control --------------------------------------------------------------------------
 
-    async def stop_job(self, job_id: UUID) -> tuple[JobStatus, str | None] | None:
+    async def stop_job(self, job_id: UUID) -> StopOutcome | None:
         row = await self._fetchrow("stop_job", job_id)
         if row is None:
             return None
-        return JobStatus(row["status"]), row["instance_id"]
+        return StopOutcome(JobStatus(row["status"]), row["instance_id"],
+                           JobRef(job_id, row["tenant"], row["job_class"]),
+                           bool(row["changed"]))
 
-    async def enqueue_job(self, job_id: UUID) -> bool:
+    async def enqueue_job(self, job_id: UUID) -> JobRef | None:
+        """PENDING -> QUEUED; None if the job is not PENDING (or unknown)."""
         return await self._change_and_notify("enqueue_job", job_id)
 
-    async def retry_job(self, job_id: UUID) -> bool:
+    async def retry_job(self, job_id: UUID) -> JobRef | None:
+        """FAILED/ABORTED -> QUEUED; None if the job is in neither (or unknown)."""
         return await self._change_and_notify("retry_job", job_id)
 
-    async def _change_and_notify(self, query: str, job_id: UUID) -> bool:
+    async def _change_and_notify(self, query: str, job_id: UUID) -> JobRef | None:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(QUERIES[query], job_id)
             self.statements += 1
             if row is not None:
                 await conn.execute(QUERIES["notify_work"])
                 self.statements += 1
-        if row is not None:
-            self.on_events_written()
-        return row is not None
+        if row is None:
+            return None
+        self.on_events_written()
+        return JobRef(job_id, row["tenant"], row["job_class"])
 
     async def job_status(self, job_id: UUID) -> JobStatus | None:
         async with self._pool.acquire() as conn:
