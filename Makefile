@@ -1,4 +1,12 @@
-.PHONY: test demo lint typecheck bench schemas run
+# Development shortcuts. `make test` and `make demo` are the README's two commands; the others
+# use the .venv that scripts/setup.sh creates (`make setup`: services, .venv, database).
+VENV := .venv/bin
+BENCH_ARGS ?= --jobs 20000 --tenants 10
+
+.PHONY: setup test demo lint typecheck bench schemas run
+
+setup:
+	./scripts/setup.sh
 
 test:
 	./scripts/test
@@ -6,17 +14,23 @@ test:
 demo:
 	./scripts/demo
 
-lint:
-	.venv/bin/ruff check service tests
+# Lint and type check need only the tools: set-up runs when .venv lacks them.
+$(VENV)/ruff $(VENV)/mypy:
+	./scripts/setup.sh
 
-typecheck:
-	.venv/bin/mypy
+lint: $(VENV)/ruff
+	$(VENV)/ruff check service tests
 
-bench:
-	.venv/bin/jobservice --log-format text bench --jobs 20000 --tenants 10
+typecheck: $(VENV)/mypy
+	$(VENV)/mypy
 
-schemas:
-	.venv/bin/jobservice schemas
+# These run the installed package: set-up first reinstalls it when the sources changed.
+bench: setup
+	$(VENV)/jobservice --log-format text bench $(BENCH_ARGS)
 
-run:
-	.venv/bin/jobservice run
+# Regenerates schemas/ from the message models (`jobservice schemas --check` finds drift).
+schemas: setup
+	$(VENV)/jobservice schemas
+
+run: setup
+	$(VENV)/jobservice run
