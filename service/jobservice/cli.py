@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job over AMQP and print the reply")
     submit.add_argument("--tenant", required=True)
     submit.add_argument("--job-class", required=True)
-    submit.add_argument("--parameters", default="{}", help="JSON object")
+    submit.add_argument("--parameters", type=_json_object, default={}, help="JSON object")
     submit.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
                         help="one parameter (value parsed as JSON, else taken as a string)")
     submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--id", default=None)
+    submit.add_argument("--id", type=_job_id, default=None)
     submit.add_argument("--owner", default=None)
     submit.add_argument("--description", default=None)
     submit.add_argument("--pending", action="store_true", help="create as PENDING")
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     control = sub.add_parser("control", help="stop, enqueue or retry a job")
     control.add_argument("action", choices=["stop", "enqueue", "retry"])
-    control.add_argument("id")
+    control.add_argument("id", type=_job_id)
     control.set_defaults(handler=_control)
 
     schemas = sub.add_parser("schemas", help="write or check the JSON Schemas of the messages")
@@ -125,8 +126,26 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object, or a usage error naming what is wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
 def _parse_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = json.loads(args.parameters)
+    params: dict[str, Any] = dict(args.parameters)
     for item in args.param:
         name, _, raw = item.partition("=")
         try:
@@ -143,11 +162,9 @@ def _submit(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with JobClient(settings.amqp_url, settings.namespace) as client:
-            import uuid
-
             reply = await client.submit(
                 args.tenant, args.job_class, _parse_params(args),
-                id=uuid.UUID(args.id) if args.id else None, priority=args.priority,
+                id=args.id, priority=args.priority,
                 owner=args.owner, description=args.description, pending=args.pending,
                 check=False)
         assert reply is not None

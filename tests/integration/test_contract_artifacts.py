@@ -95,6 +95,16 @@ async def test_health_readiness_and_metrics(
     assert (await http_get(port, "/readyz"))[0] == 200
     assert (await http_get(port, "/nope"))[0] == 404
     async with client.subscribe("#") as events:
+        # scraped while a job runs: the busy slot and its transitions show at once
+        long = await client.submit("t1", "jobservice.sleep", {"seconds": 30, "ticks": 30})
+        assert long is not None and long.id is not None
+        await wait_for_all(events, [long.id], "RUNNING")
+        _, during = await http_get(port, "/metrics")
+        assert metric_value(during, "jobservice_pool_busy") == 1
+        assert metric_value(during, "jobservice_transitions_total", status="RUNNING") == 1
+        assert "jobservice_job_run_duration_seconds_count" not in during
+        await client.stop(long.id)
+        await wait_for_all(events, [long.id], "ABORTED")
         ids = []
         for n in range(5):
             reply = await client.submit(f"t{n % 2}", "jobservice.noop")
@@ -111,8 +121,9 @@ async def test_health_readiness_and_metrics(
     assert metric_value(text, "jobservice_pool_busy") == 0
     assert metric_value(text, "jobservice_transitions_total", status="SUCCEEDED") == 5
     assert metric_value(text, "jobservice_transitions_total", status="FAILED") == 1
-    assert metric_value(text, "jobservice_transitions_total", status="RUNNING") == 6
-    assert metric_value(text, "jobservice_submissions_total", outcome="accepted", reason="") == 6
+    assert metric_value(text, "jobservice_transitions_total", status="RUNNING") == 7
+    assert metric_value(text, "jobservice_transitions_total", status="ABORTED") == 1
+    assert metric_value(text, "jobservice_submissions_total", outcome="accepted", reason="") == 7
     assert metric_value(text, "jobservice_submissions_total", outcome="rejected",
                         reason="invalid_json") == 1
     assert metric_value(text, "jobservice_job_run_duration_seconds_count",
