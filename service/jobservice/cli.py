@@ -1,4 +1,4 @@
-"""`jobservice run | migrate | submit | control | schemas | demo | bench`."""
+"""`jobservice run | migrate | submit | control | jobs | schemas | demo | bench`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,33 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands")
 
     run = sub.add_parser("run", help="run one service instance in the foreground")
+    run.add_argument("--max-jobs", type=int, default=None, metavar="N",
+                     help="claim N jobs, let them end, exit 0")
+    run.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                     help="after S seconds stop claiming, drain, exit 0")
+    run.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                     help="once resident memory exceeds MB, stop claiming, drain, exit 0")
+    run.add_argument("--tenants", default=None, metavar="A,B",
+                     help="only claim jobs of these tenants")
+    run.add_argument("--exclude-tenants", default=None, metavar="C",
+                     help="never claim jobs of these tenants")
+    run.add_argument("--job-types", default=None, metavar="X,Y",
+                     help="only claim jobs of these job types (job_class)")
     run.set_defaults(handler=_run)
+
+    jobs = sub.add_parser("jobs", help="inspect and kick jobs (talks to the database)")
+    jobs_sub = jobs.add_subparsers(title="jobs commands")
+    retry = jobs_sub.add_parser(
+        "retry", help="re-queue FAILED/ABORTED jobs: one id, or all matching the filters")
+    retry.add_argument("id", nargs="?", default=None)
+    retry.add_argument("--tenant", default=None)
+    retry.add_argument("--job-class", "--job-type", dest="job_class", default=None)
+    retry.add_argument("--error-type", default=None)
+    retry.set_defaults(handler=_jobs_retry)
+    show = jobs_sub.add_parser("show", help="a job, its parameters, attempts and log tail")
+    show.add_argument("id")
+    show.add_argument("--log-lines", type=int, default=20)
+    show.set_defaults(handler=_jobs_show)
 
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.set_defaults(handler=_migrate)
@@ -80,10 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_and_logs(args: argparse.Namespace) -> Settings:
+def _settings_and_logs(args: argparse.Namespace, **overrides: Any) -> Settings:
     from jobservice.logs import configure_logging
 
-    settings = Settings()
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging(args.log_level or settings.log_level, args.log_format)
     return settings
 
@@ -91,7 +117,10 @@ def _settings_and_logs(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     from jobservice.service import JobService
 
-    settings = _settings_and_logs(args)
+    settings = _settings_and_logs(
+        args, max_jobs=args.max_jobs, max_seconds=args.max_seconds,
+        max_memory_mb=args.max_memory, tenants=args.tenants,
+        exclude_tenants=args.exclude_tenants, job_types=args.job_types)
     service = JobService(settings)
 
     async def main() -> None:
@@ -106,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
-    return 0
+    return service.exit_code
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -187,6 +216,63 @@ def _control(args: argparse.Namespace) -> int:
         return 0 if reply.ok else 1
 
     return anyio.run(main)
+
+
+def _jobs_retry(args: argparse.Namespace) -> int:
+    from jobservice.store import Store
+
+    settings = _settings_and_logs(args)
+    if not any((args.id, args.tenant, args.job_class, args.error_type)):
+        print("give a job id or at least one of --tenant, --job-class, --error-type",
+              file=sys.stderr)
+        return 2
+    job_id = _uuid_or_exit(args.id) if args.id else None
+
+    async def main() -> int:
+        store = await Store.connect(settings.database_url, settings.database_schema, 2)
+        try:
+            kicked = await store.retry_jobs(job_id, args.tenant, args.job_class,
+                                            args.error_type)
+        finally:
+            await store.close()
+        for job in kicked:
+            print(f"re-queued {job.id} ({job.tenant}, {job.job_class})")
+        print(f"{len(kicked)} job(s) re-queued")
+        return 0 if kicked or job_id is None else 1
+
+    return anyio.run(main)
+
+
+def _jobs_show(args: argparse.Namespace) -> int:
+    from jobservice.jobview import render_job
+    from jobservice.store import Store
+
+    settings = _settings_and_logs(args)
+    job_id = _uuid_or_exit(args.id)
+
+    async def main() -> int:
+        store = await Store.connect(settings.database_url, settings.database_schema, 2)
+        try:
+            job = await store.get_job(job_id)
+            if job is None:
+                print(f"no job with id {job_id}", file=sys.stderr)
+                return 1
+            runs = await store.job_runs(job_id)
+            lines = await store.job_log_tail(job_id, max(0, args.log_lines))
+        finally:
+            await store.close()
+        print(render_job(job, runs, lines))
+        return 0
+
+    return anyio.run(main)
+
+
+def _uuid_or_exit(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        print(f"not a job id: {text!r}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _schemas(args: argparse.Namespace) -> int:

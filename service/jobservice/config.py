@@ -48,13 +48,42 @@ class Settings(BaseSettings):
     tenant_acl: dict[str, list[str]] | None = None
     max_parameters: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
+    # -- failure handling and worker control (issue 5) --
+    # Upper bound of one automatic retry's backoff (the exponential step is capped here).
+    retry_backoff_max_s: float = Field(default=3600.0, ge=0)
+    # Reschedules allowed per job (until kicked); one more ends it FAILED rescheduled_too_often.
+    max_reschedules: int = Field(default=100, ge=0)
+    # Lines of ctx.log kept per attempt; the rest are counted, not written.
+    job_log_max_lines: int = Field(default=1000, ge=0)
+    # Execution hooks besides the `jobservice.hooks` entry points: "module[:attribute]".
+    hooks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Worker limits (`jobservice run --max-jobs/--max-seconds/--max-memory`): once one is
+    # reached the instance stops claiming, drains and exits 0. None: no limit.
+    max_jobs: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+    # Claim filters (`--tenants`, `--exclude-tenants`, `--job-types`): this instance only
+    # claims matching jobs. None: all.
+    tenants: Annotated[list[str] | None, NoDecode] = None
+    exclude_tenants: Annotated[list[str] | None, NoDecode] = None
+    job_types: Annotated[list[str] | None, NoDecode] = None
 
-    @field_validator("job_modules", mode="before")
+    @field_validator("job_modules", "hooks", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         """`JOBSERVICE_JOB_MODULES=a.b,c.d` is a comma-separated list of modules."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("tenants", "exclude_tenants", "job_types", mode="before")
+    @classmethod
+    def _split_filter(cls, value: object) -> object:
+        """Comma-separated names; an empty list means no filter."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and not value:
+            return None
         return value
 
     def may_use_tenant(self, user_id: str | None, tenant: str) -> bool:

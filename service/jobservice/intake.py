@@ -101,6 +101,11 @@ def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int,
         expiration_date=message.expiration_date,
         parameters=parameters.model_dump(mode="json"),
         at_most_once=job_type.run_at_most_once,
+        max_retries=(job_type.max_retries if message.max_retries is None
+                     else message.max_retries),
+        retry_backoff_s=(job_type.retry_backoff_s if message.retry_backoff_s is None
+                         else message.retry_backoff_s),
+        run_after=message.run_after,
     )
 
 

@@ -31,6 +31,12 @@ class ServiceMetrics:
         self.rescued = Counter("jobservice_jobs_rescued", "Jobs of lost instances taken back "
                                "(requeued, or failed_lost for at-most-once job types).",
                                ["outcome"], registry=r)
+        self.requeued = Counter("jobservice_jobs_requeued", "Runs that ended back in QUEUED "
+                                "for another attempt: retry (failed, retries left), "
+                                "reschedule, abort_worker.", ["reason"], registry=r)
+        self.worker_aborts = Counter("jobservice_worker_aborts", "AbortWorker raised by a job "
+                                     "of this instance (it then drains and exits non-zero).",
+                                     registry=r)
         self.lease_age = Gauge("jobservice_instance_lease_age_seconds", "Seconds since this "
                                "instance last renewed its lease.", registry=r)
         self.pool_capacity = Gauge("jobservice_pool_capacity", "Jobs this instance may run at "

@@ -54,14 +54,15 @@ class ErrorType(enum.StrEnum):
     INVALID_PARAMETERS = "invalid_parameters"
     UNKNOWN_JOB_CLASS = "unknown_job_class"
     RESULT_NOT_SERIALIZABLE = "result_not_serializable"
+    RESCHEDULED_TOO_OFTEN = "rescheduled_too_often"
+    HOOK_FAILED = "hook_failed"
 
 
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
 
 # Submission fields that later issues add; refused with a clear error until they exist.
 FUTURE_SUBMIT_FIELDS = frozenset(
-    {"max_retries", "retry_backoff_s", "run_after", "steps", "selected_elements",
-     "environment", "depends_on", "on_success", "context"}
+    {"steps", "selected_elements", "environment", "depends_on", "on_success", "context"}
 )
 
 
@@ -79,6 +80,15 @@ class SubmitMessage(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     expiration_date: AwareDatetime | None = None
     initial_status: Literal["QUEUED", "PENDING"] = "QUEUED"
+    max_retries: int | None = Field(
+        default=None, ge=0, le=1000,
+        description="Automatic retries after a failure; default: the job type's (usually 0).")
+    retry_backoff_s: float | None = Field(
+        default=None, ge=0, le=86_400,
+        description="Base of the exponential retry backoff (with jitter, capped); "
+                    "default: the job type's.")
+    run_after: AwareDatetime | None = Field(
+        default=None, description="Not before: the job is QUEUED but not started earlier.")
 
     @model_validator(mode="before")
     @classmethod

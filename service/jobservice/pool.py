@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -18,12 +18,15 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, ValidationError
 
 from jobservice.batching import BatchWriter, retry_transient
-from jobservice.jobs.base import Job, JobContext, JobStopped
+from jobservice.hooks import HookFailed, HookJob, Hooks
+from jobservice.joblog import JobLogWriter
+from jobservice.jobs.base import AbortWorker, Job, JobContext, JobStopped, Reschedule
 from jobservice.jobs.registry import JobRegistry, UnknownJobClass
 from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ErrorType, JobStatus
 from jobservice.progress import CompletionThrottle
+from jobservice.retry import after_failure, reschedule_allowed
 from jobservice.store import ClaimedJob, FinishedRun, JobRef, Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,15 @@ log = logging.getLogger(__name__)
 # stop: ABORTED; shutdown: handed back to QUEUED; lost: the lease is gone and the job may
 # already be rescued elsewhere, so nothing is written.
 CancelReason = Literal["stop", "shutdown", "lost"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    """What happens after a failed or rescheduled run (settings of the instance)."""
+
+    retry_backoff_max_s: float = 3600.0
+    max_reschedules: int = 100
+    job_log_max_lines: int = 1000
 
 
 @dataclass(eq=False)
@@ -54,8 +66,19 @@ class WorkerPool:
         throttle: CompletionThrottle,
         finisher: BatchWriter[FinishedRun, set[UUID]],
         metrics: ServiceMetrics,
+        *,
+        policy: RunPolicy = RunPolicy(),
+        hooks: Hooks | None = None,
+        log_writer: JobLogWriter | None = None,
+        on_abort_worker: Callable[[str], None] = lambda reason: None,
+        on_requeued: Callable[[], None] = lambda: None,
     ) -> None:
         self.capacity = capacity
+        self._policy = policy
+        self._hooks = hooks or Hooks()
+        self._log_writer = log_writer
+        self._on_abort_worker = on_abort_worker
+        self._on_requeued = on_requeued
         self._instance_id = instance_id
         self._store = store
         self._registry = registry
@@ -127,7 +150,8 @@ class WorkerPool:
         for row in started:
             claim, job = prepared[row.id]
             ctx = JobContext(claim.id, claim.tenant, claim.job_class, claim.attempt,
-                             claim.owner, job.completion_count)
+                             claim.owner, job.completion_count, self._log_writer,
+                             self._policy.job_log_max_lines)
             log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
             running = RunningJob(claim, ctx)
             self._running[claim.id] = running
@@ -142,13 +166,18 @@ class WorkerPool:
             log_transition(job.id, job.tenant, job.job_class, "FAILED", detail="expired")
 
     async def _prepare(self, claim: ClaimedJob) -> Job[Any] | None:
-        """Build the job from its parameters; a job that cannot be built ends FAILED."""
+        """Build the job from its parameters (after the before-hooks, which may change
+        them); a job that cannot be built ends FAILED."""
         try:
             job_type = self._registry.get(claim.job_class)
-            parameters = job_type.Parameters.model_validate(claim.parameters)
+            raw = claim.parameters
+            if self._hooks:
+                raw = await self._hooks.before(_hook_job(claim), raw)
+            parameters = job_type.Parameters.model_validate(raw)
             return job_type(parameters)
-        except (UnknownJobClass, ValidationError) as exc:
+        except (UnknownJobClass, ValidationError, HookFailed) as exc:
             error = (ErrorType.UNKNOWN_JOB_CLASS if isinstance(exc, UnknownJobClass)
+                     else ErrorType.HOOK_FAILED if isinstance(exc, HookFailed)
                      else ErrorType.INVALID_PARAMETERS)
             log_transition(claim.id, claim.tenant, claim.job_class, "FAILED", logging.ERROR,
                            f"cannot be prepared: {error.value}: {exc}")
@@ -191,28 +220,40 @@ class WorkerPool:
                 self._throttle.untrack(claim.id)
                 if running.cancel_reason == "lost":
                     log.warning("job %s dropped: this instance lost its lease", claim.id)
-                elif running.cancel_reason == "shutdown":
+                    return
+                ctx.close_log()
+                if self._log_writer is not None:
+                    await self._log_writer.flush()  # the log before the final status
+                if running.cancel_reason == "shutdown":
                     await self._store.hand_back([claim.id], self._instance_id)
                     log_transition(claim.id, claim.tenant, claim.job_class, "QUEUED",
                                    detail="handed back at shutdown")
                     self._metrics.transitions.labels(JobStatus.QUEUED.value).inc()
-                else:
-                    if outcome is None or running.cancel_reason == "stop":
-                        outcome = FinishedRun(claim.id, claim.attempt, JobStatus.ABORTED,
-                                              percent=ctx.percent_completed,
-                                              error_type=ErrorType.STOPPED.value,
-                                              error_message="stopped while running")
-                    applied = await self._finisher.submit(outcome)
-                    if claim.id in applied:
-                        self._metrics.transitions.labels(outcome.status.value).inc()
-                        self._metrics.run_duration.labels(claim.job_class).observe(
-                            time.monotonic() - started)
-                    _log_outcome(claim, outcome, applied)
+                    return
+                if outcome is None or running.cancel_reason == "stop":
+                    outcome = FinishedRun(claim.id, claim.attempt, JobStatus.ABORTED,
+                                          percent=ctx.percent_completed,
+                                          error_type=ErrorType.STOPPED.value,
+                                          error_message="stopped while running")
+                applied = await self._finisher.submit(outcome)
+                if claim.id in applied:
+                    self._count_outcome(claim, outcome, time.monotonic() - started)
+                _log_outcome(claim, outcome, applied)
         finally:
             self._running.pop(claim.id, None)
             self.finished += 1
             self._release()
             running.done.set()
+
+    def _count_outcome(self, claim: ClaimedJob, outcome: FinishedRun, seconds: float) -> None:
+        self._metrics.transitions.labels(outcome.status.value).inc()
+        if outcome.status is JobStatus.QUEUED:
+            kind = ("retry" if outcome.failed else "reschedule" if outcome.rescheduled
+                    else "abort_worker")
+            self._metrics.requeued.labels(kind).inc()
+            self._on_requeued()
+        else:
+            self._metrics.run_duration.labels(claim.job_class).observe(seconds)
 
     async def _execute(self, running: RunningJob, job: Job[Any]) -> FinishedRun | None:
         """Run the job; None when it was cancelled (the caller decides what that means)."""
@@ -223,27 +264,70 @@ class WorkerPool:
             else:
                 result = await anyio.to_thread.run_sync(
                     job.run, ctx, abandon_on_cancel=True, limiter=self._threads)
+            if running.cancel_reason is None and self._hooks:
+                result = await self._hooks.after(_hook_job(claim), result)
         except JobStopped:
             return None
+        except Reschedule as request:
+            return None if running.cancel_reason is not None else self._reschedule(
+                claim, ctx, request)
+        except AbortWorker as abort:
+            if running.cancel_reason is not None:
+                return None
+            # Stop claiming before the job is back in the queue, so another instance runs it.
+            self._on_abort_worker(abort.reason)
+            return FinishedRun(claim.id, claim.attempt, JobStatus.QUEUED,
+                               percent=ctx.percent_completed,
+                               error_message=f"handed back: instance {self._instance_id} "
+                                             f"aborted: {abort.reason}"[:10_000])
+        except HookFailed as exc:
+            return None if running.cancel_reason is not None else self._failure(
+                claim, ctx, ErrorType.HOOK_FAILED.value, str(exc), exc.stack_trace)
         except Exception as exc:
             if running.cancel_reason is not None:
                 return None
-            return FinishedRun(
-                claim.id, claim.attempt, JobStatus.FAILED, percent=ctx.percent_completed,
-                error_type=type(exc).__name__, error_message=str(exc)[:10_000] or repr(exc),
-                stack_trace="".join(traceback.format_exception(exc))[-50_000:],
-            )
+            return self._failure(claim, ctx, type(exc).__name__,
+                                 str(exc)[:10_000] or repr(exc),
+                                 "".join(traceback.format_exception(exc))[-50_000:])
         if running.cancel_reason is not None:
             return None
         try:
             result_json = _to_json(result)
         except (TypeError, ValueError) as exc:
-            return FinishedRun(claim.id, claim.attempt, JobStatus.FAILED,
-                               percent=ctx.percent_completed,
-                               error_type=ErrorType.RESULT_NOT_SERIALIZABLE.value,
-                               error_message=f"result is not JSON-serializable: {exc}")
+            return self._failure(claim, ctx, ErrorType.RESULT_NOT_SERIALIZABLE.value,
+                                 f"result is not JSON-serializable: {exc}", None)
         return FinishedRun(claim.id, claim.attempt, JobStatus.SUCCEEDED, percent=100,
                            result_json=result_json)
+
+    def _failure(self, claim: ClaimedJob, ctx: JobContext, error_type: str, message: str,
+                 stack_trace: str | None) -> FinishedRun:
+        """FAILED, or back to QUEUED after a backoff while automatic retries are left."""
+        decision = after_failure(claim.failures, claim.max_retries, claim.retry_backoff_s,
+                                 self._policy.retry_backoff_max_s)
+        if decision.delay_s is None:
+            return FinishedRun(claim.id, claim.attempt, JobStatus.FAILED,
+                               percent=ctx.percent_completed, error_type=error_type,
+                               error_message=message, stack_trace=stack_trace)
+        return FinishedRun(claim.id, claim.attempt, JobStatus.QUEUED,
+                           percent=ctx.percent_completed, error_type=error_type,
+                           error_message=message, stack_trace=stack_trace,
+                           delay_s=decision.delay_s, failed=1)
+
+    def _reschedule(self, claim: ClaimedJob, ctx: JobContext,
+                    request: Reschedule) -> FinishedRun:
+        if not reschedule_allowed(claim.reschedules, self._policy.max_reschedules):
+            return FinishedRun(
+                claim.id, claim.attempt, JobStatus.FAILED, percent=ctx.percent_completed,
+                error_type=ErrorType.RESCHEDULED_TOO_OFTEN.value,
+                error_message=f"rescheduled {claim.reschedules} times already (the limit is "
+                              f"{self._policy.max_reschedules}); last: {request}")
+        return FinishedRun(claim.id, claim.attempt, JobStatus.QUEUED,
+                           percent=ctx.percent_completed, error_message=str(request)[:10_000],
+                           delay_s=request.delay_s, rescheduled=1)
+
+
+def _hook_job(claim: ClaimedJob) -> HookJob:
+    return HookJob(claim.id, claim.tenant, claim.job_class, claim.attempt, claim.owner)
 
 
 def _to_json(result: Any) -> str | None:
@@ -261,5 +345,9 @@ def _log_outcome(claim: ClaimedJob, outcome: FinishedRun, applied: set[UUID]) ->
     elif outcome.status is JobStatus.FAILED:
         log_transition(claim.id, claim.tenant, claim.job_class, "FAILED", logging.INFO,
                        f"{outcome.error_type}: {outcome.error_message}")
+    elif outcome.status is JobStatus.QUEUED:
+        detail = (f"retry in {outcome.delay_s:.2f}s after {outcome.error_type}: "
+                  f"{outcome.error_message}" if outcome.failed else outcome.error_message or "")
+        log_transition(claim.id, claim.tenant, claim.job_class, "QUEUED", logging.INFO, detail)
     else:
         log_transition(claim.id, claim.tenant, claim.job_class, outcome.status.value)

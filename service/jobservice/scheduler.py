@@ -11,15 +11,20 @@ import anyio
 
 from jobservice.batching import TRANSIENT_DB_ERRORS
 from jobservice.pool import WorkerPool
-from jobservice.store import Store
+from jobservice.store import ClaimFilter, Store
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
     def __init__(self, store: Store, pool: WorkerPool, instance_id: str,
-                 poll_interval_s: float) -> None:
+                 poll_interval_s: float, claim_filter: ClaimFilter | None = None,
+                 max_jobs: int | None = None) -> None:
         self._store = store
+        self._filter = claim_filter or ClaimFilter()
+        # jobs this instance may still claim (`--max-jobs`); None: no limit
+        self.budget = max_jobs
+        self.budget_spent = anyio.Event()
         self._pool = pool
         self._instance_id = instance_id
         self._poll_interval = poll_interval_s
@@ -55,9 +60,16 @@ class Scheduler:
             # A wake-up that arrives while we claim must trigger another claim.
             self._wake = anyio.Event()
             free = self._pool.free_slots
+            if self.budget is not None:
+                free = min(free, self.budget)
+                if free <= 0:
+                    log.info("claimed as many jobs as --max-jobs allows; claiming no more")
+                    self.budget_spent.set()
+                    return
             self._pool.reserve(free)
             try:
-                claimed, expired = await self._store.claim_jobs(self._instance_id, free)
+                claimed, expired = await self._store.claim_jobs(self._instance_id, free,
+                                                                self._filter)
             except TRANSIENT_DB_ERRORS as exc:
                 self._pool.reserve(-free)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
@@ -70,6 +82,8 @@ class Scheduler:
                 raise
             backoff = 0.1
             self.claims += 1
+            if self.budget is not None:
+                self.budget -= len(claimed)
             # Give back the slots the claim did not fill.
             self._pool.reserve(len(claimed) - free)
             if expired:
@@ -77,8 +91,20 @@ class Scheduler:
             if claimed:
                 await self._pool.start(claimed)
             if len(claimed) < free:
-                with self._interruptible(), anyio.move_on_after(self._poll_interval):
+                timeout = await self._idle_timeout()
+                with self._interruptible(), anyio.move_on_after(timeout):
                     await self._wake.wait()
+
+    async def _idle_timeout(self) -> float:
+        """Sleep until the next wake-up, the fallback poll, or the earliest not-before time
+        of a queued job (delayed start, retry backoff, reschedule), whichever comes first."""
+        try:
+            delay = await self._store.next_run_after()
+        except TRANSIENT_DB_ERRORS:
+            return self._poll_interval
+        if delay is None:
+            return self._poll_interval
+        return max(0.0, min(self._poll_interval, delay + 0.005))
 
     def _interruptible(self) -> anyio.CancelScope:
         """A wait that `stop()` ends."""

@@ -13,13 +13,16 @@ from jobservice.batching import TRANSIENT_DB_ERRORS, BatchWriter
 from jobservice.bus import Broker
 from jobservice.config import Settings, mask_url
 from jobservice.control import ControlHandler
+from jobservice.hooks import Hooks
 from jobservice.http import METRICS_CONTENT_TYPE, HttpServer
 from jobservice.intake import Intake
+from jobservice.joblog import JobLogWriter
 from jobservice.jobs.registry import JobRegistry
 from jobservice.lease import LeaseKeeper
+from jobservice.limits import WorkerLimits
 from jobservice.listener import DatabaseListener
 from jobservice.metrics import ServiceMetrics
-from jobservice.pool import WorkerPool
+from jobservice.pool import RunPolicy, WorkerPool
 from jobservice.progress import CompletionThrottle
 from jobservice.relay import OutboxRelay
 from jobservice.scheduler import Scheduler
@@ -27,6 +30,7 @@ from jobservice.store import (
     OUTBOX_CHANNEL,
     STOP_CHANNEL,
     WORK_CHANNEL,
+    ClaimFilter,
     CompletionWrite,
     FinishedRun,
     Store,
@@ -34,6 +38,9 @@ from jobservice.store import (
 
 log = logging.getLogger(__name__)
 
+
+# `jobservice run` exits with this when a job raised AbortWorker (the instance is unfit).
+EXIT_WORKER_ABORTED = 3
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, ConnectionError)
 
@@ -53,9 +60,13 @@ async def _with_backoff(what: str, connect: Callable[[], Awaitable[None]]) -> No
 class JobService:
     """One instance. `await run()` serves until `request_stop()` (or SIGTERM via the CLI)."""
 
-    def __init__(self, settings: Settings, registry: JobRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: JobRegistry | None = None,
+                 hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.registry = registry or JobRegistry.default(settings.job_modules)
+        self.hooks = hooks if hooks is not None else Hooks.load(settings.hooks)
+        self.exit_code = 0  # of `jobservice run`: 0, or EXIT_WORKER_ABORTED
+        self.stop_reason = ""
         self.metrics = ServiceMetrics()
         self.ready = anyio.Event()  # set once serving
         self._stop = anyio.Event()
@@ -69,9 +80,21 @@ class JobService:
         self.listener: DatabaseListener | None = None
         self.lease: LeaseKeeper | None = None
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
         self._accepting = False
         self._stop.set()
+
+    def _abort_worker(self, reason: str) -> None:
+        """A job said this instance is unfit: claim nothing more, drain, exit non-zero."""
+        log.error("worker aborted by a job: %s; draining, then exiting with code %d",
+                  reason, EXIT_WORKER_ABORTED)
+        self.metrics.worker_aborts.inc()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.exit_code = EXIT_WORKER_ABORTED
+        self.request_stop(f"worker aborted: {reason}")
 
     async def run(self) -> None:
         s = self.settings
@@ -122,9 +145,20 @@ class JobService:
             self.metrics.completion_writes.inc()
 
         throttle = CompletionThrottle(s.completion_update_rate_ms / 1000, write_completion)
+        job_log = JobLogWriter(store.insert_job_logs)
         pool = WorkerPool(s.pool_size, s.instance_id, store, self.registry, throttle, finisher,
-                          self.metrics)
-        scheduler = Scheduler(store, pool, s.instance_id, s.poll_interval_s)
+                          self.metrics,
+                          policy=RunPolicy(s.retry_backoff_max_s, s.max_reschedules,
+                                           s.job_log_max_lines),
+                          hooks=self.hooks, log_writer=job_log,
+                          on_abort_worker=self._abort_worker,
+                          on_requeued=lambda: scheduler.wake())
+        scheduler = Scheduler(
+            store, pool, s.instance_id, s.poll_interval_s,
+            ClaimFilter(_tuple(s.tenants), _tuple(s.exclude_tenants), _tuple(s.job_types)),
+            s.max_jobs)
+        limits = WorkerLimits(s.max_jobs, s.max_seconds, s.max_memory_mb, scheduler, pool,
+                              self.request_stop)
 
         def on_stop_notice(payload: str) -> None:
             try:
@@ -169,6 +203,9 @@ class JobService:
                     btg.start_soon(relay.run, name="outbox-relay")
                     btg.start_soon(self._refresh_gauges, name="metrics-refresh")
                     btg.start_soon(lease.run, name="lease")
+                    btg.start_soon(job_log.run, name="job-log")
+                    if limits.active:
+                        btg.start_soon(limits.run, name="worker-limits")
 
         async def job_tasks() -> None:
             with jobs_scope:
@@ -188,7 +225,8 @@ class JobService:
         log.info("instance %s ready", s.instance_id)
 
         await self._stop.wait()
-        await self._shutdown(broker, pool, scheduler, finisher, relay, jobs_scope)
+        log.info("stopping: %s", self.stop_reason)
+        await self._shutdown(broker, pool, scheduler, finisher, relay, jobs_scope, job_log)
         background.cancel()
         with anyio.CancelScope(shield=True):
             try:
@@ -198,7 +236,7 @@ class JobService:
 
     async def _shutdown(self, broker: Broker, pool: WorkerPool, scheduler: Scheduler,
                         finisher: BatchWriter[FinishedRun, set[UUID]], relay: OutboxRelay,
-                        jobs_scope: anyio.CancelScope) -> None:
+                        jobs_scope: anyio.CancelScope, job_log: JobLogWriter) -> None:
         """Stop taking work, let running jobs finish within the grace period, hand back the
         rest, flush final writes and events."""
         s = self.settings
@@ -212,6 +250,8 @@ class JobService:
             await pool.cancel_all_and_wait("shutdown")
             # Every job awaited its own final write above, so nothing is left to flush.
             jobs_scope.cancel()
+            with anyio.move_on_after(5):
+                await job_log.flush()
             with anyio.move_on_after(5):
                 try:
                     await relay.drain()
@@ -257,3 +297,7 @@ class JobService:
         if self.is_ready():
             return 200, "text/plain", b"ready\n"
         return 503, "text/plain", b"not ready\n"
+
+
+def _tuple(names: list[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(names)

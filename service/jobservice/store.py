@@ -13,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from jobservice.joblog import JobLogLine
 from jobservice.model import JobStatus
 from jobservice.resources import resource_dir
 
@@ -24,7 +25,7 @@ STOP_CHANNEL = "jobservice_stop"
 _MIGRATION_LOCK = 7310000
 _RELAY_LOCK = 7310002
 # Statements whose rows fire the outbox trigger: after them the relay has work.
-_WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "finish_jobs", "write_completion",
+_WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "write_completion",
                             "fail_claimed", "stop_job"})
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 
@@ -62,6 +63,9 @@ class NewJob:
     expiration_date: datetime | None
     parameters: dict[str, Any]
     at_most_once: bool = False
+    max_retries: int = 0
+    retry_backoff_s: float = 1.0
+    run_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,20 @@ class ClaimedJob:
     created_at: datetime
     queued_at: datetime | None
     parameters: dict[str, Any]
+    max_retries: int = 0
+    retry_backoff_s: float = 1.0
+    failures: int = 0  # automatic retries so far
+    reschedules: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFilter:
+    """Which jobs this instance claims (`jobservice run --tenants/--exclude-tenants/
+    --job-types`); None: no restriction."""
+
+    tenants: tuple[str, ...] | None = None
+    exclude_tenants: tuple[str, ...] | None = None
+    job_types: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +131,10 @@ class FinishedRun:
     error_message: str | None = None
     stack_trace: str | None = None
     result_json: str | None = None
+    # status QUEUED: seconds before the next attempt may start (None: at once)
+    delay_s: float | None = None
+    failed: int = 0  # 1: an automatic retry (counts against max_retries)
+    rescheduled: int = 0  # 1: a Reschedule (counts against the reschedule cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +254,8 @@ class Store:
                 [j.status.value for j in jobs], [j.priority for j in jobs],
                 [j.description for j in jobs], [j.owner for j in jobs],
                 [j.expiration_date for j in jobs], param_ids, param_names, param_values,
-                [j.at_most_once for j in jobs],
+                [j.at_most_once for j in jobs], [j.max_retries for j in jobs],
+                [j.retry_backoff_s for j in jobs], [j.run_after for j in jobs],
             )
             self.statements += 1
             created = frozenset(r["id"] for r in rows)
@@ -253,16 +276,24 @@ class Store:
 
     # -- scheduling and running -----------------------------------------------------------
 
-    async def claim_jobs(self, instance_id: str, limit: int
+    async def claim_jobs(self, instance_id: str, limit: int,
+                         claim_filter: ClaimFilter = ClaimFilter()
                          ) -> tuple[list[ClaimedJob], list[JobRef]]:
         """Claimed jobs (TO_BE_RUN), and the expired ones met on the way (now FAILED)."""
-        rows = await self._fetch("claim_jobs", instance_id, limit)
+        f = claim_filter
+        rows = await self._fetch(
+            "claim_jobs", instance_id, limit,
+            None if f.tenants is None else list(f.tenants),
+            None if f.exclude_tenants is None else list(f.exclude_tenants),
+            None if f.job_types is None else list(f.job_types))
         claimed = [
             ClaimedJob(
                 id=r["id"], tenant=r["tenant"], job_class=r["job_class"],
                 priority=r["priority"], owner=r["owner"], attempt=r["attempt"],
                 created_at=r["created_at"], queued_at=r["queued_at"],
-                parameters=r["parameters"] or {},
+                parameters=r["parameters"] or {}, max_retries=r["max_retries"],
+                retry_backoff_s=r["retry_backoff_s"], failures=r["failures"],
+                reschedules=r["reschedules"],
             )
             for r in rows if r["status"] == JobStatus.TO_BE_RUN
         ]
@@ -270,19 +301,33 @@ class Store:
                    for r in rows if r["status"] != JobStatus.TO_BE_RUN]
         return claimed, expired
 
+    async def next_run_after(self) -> float | None:
+        """Seconds until the earliest not-before time of a queued job (None: none waits)."""
+        row = await self._fetchrow("next_run_after")
+        return None if row is None or row[0] is None else float(row[0])
+
     async def mark_running(self, ids: Sequence[UUID], instance_id: str) -> list[StartedJob]:
         rows = await self._fetch("mark_running", list(ids), instance_id)
         return [StartedJob(r["id"], r["stop_requested"], r["started_at"]) for r in rows]
 
     async def finish_jobs(self, runs: Sequence[FinishedRun], instance_id: str) -> set[UUID]:
-        """Write final statuses; returns the ids whose write applied (guarded by attempt)."""
-        rows = await self._fetch(
-            "finish_jobs",
-            [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
-            [r.percent for r in runs], [r.error_type for r in runs],
-            [r.error_message for r in runs], [r.stack_trace for r in runs],
-            [r.result_json for r in runs], instance_id,
-        )
+        """Write final statuses (or QUEUED for another attempt); returns the ids whose write
+        applied (guarded by attempt). Re-queued jobs wake the claimers (NOTIFY)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                QUERIES["finish_jobs"],
+                [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
+                [r.percent for r in runs], [r.error_type for r in runs],
+                [r.error_message for r in runs], [r.stack_trace for r in runs],
+                [r.result_json for r in runs], instance_id, [r.delay_s for r in runs],
+                [r.failed for r in runs], [r.rescheduled for r in runs],
+            )
+            self.statements += 1
+            if any(r["status"] == JobStatus.QUEUED for r in rows):
+                await conn.execute(QUERIES["notify_work"])
+                self.statements += 1
+        if rows:
+            self.on_events_written()
         return {r["id"] for r in rows}
 
     async def write_completion(self, writes: Sequence[CompletionWrite], instance_id: str) -> None:
@@ -364,6 +409,22 @@ class Store:
         self.on_events_written()
         return JobRef(job_id, row["tenant"], row["job_class"])
 
+    async def retry_jobs(self, job_id: UUID | None = None, tenant: str | None = None,
+                         job_class: str | None = None, error_type: str | None = None
+                         ) -> list[JobRef]:
+        """Kick FAILED/ABORTED jobs matching every given filter back to QUEUED."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(QUERIES["retry_jobs"], job_id, tenant, job_class,
+                                    error_type)
+            self.statements += 1
+            if rows:
+                await conn.execute(QUERIES["notify_work"])
+                await conn.execute(QUERIES["notify_outbox"])
+                self.statements += 2
+        if rows:
+            self.on_events_written()
+        return [JobRef(r["id"], r["tenant"], r["job_class"]) for r in rows]
+
     async def job_status(self, job_id: UUID) -> JobStatus | None:
         async with self._pool.acquire() as conn:
             value = await conn.fetchval(QUERIES["job_status"], job_id)
@@ -382,6 +443,18 @@ class Store:
         job["parameters"] = {r["name"]: r["value"] for r in await self._fetch(
             "get_parameters", job_id)}
         return job
+
+    async def job_runs(self, job_id: UUID) -> list[dict[str, Any]]:
+        """The run history of a job, one row per attempt."""
+        return [dict(r) for r in await self._fetch("job_runs", job_id)]
+
+    async def job_log_tail(self, job_id: UUID, lines: int) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._fetch("job_log_tail", job_id, lines)]
+
+    async def insert_job_logs(self, lines: Sequence[JobLogLine]) -> None:
+        await self._execute("insert_job_logs", [ln.job_id for ln in lines],
+                            [ln.attempt for ln in lines], [ln.at for ln in lines],
+                            [ln.level for ln in lines], [ln.message for ln in lines])
 
     # -- outbox ---------------------------------------------------------------------------
 

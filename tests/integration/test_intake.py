@@ -29,7 +29,7 @@ NOOP = {"tenant": "alpha", "job_class": "jobservice.noop"}
         ({"tenant": "no spaces allowed", "job_class": "jobservice.noop"}, "invalid_message"),
         ({**NOOP, "priority": "high"}, "invalid_message"),
         ({**NOOP, "unexpected": True}, "invalid_message"),
-        ({**NOOP, "max_retries": 2}, "invalid_message"),
+        ({**NOOP, "steps": [1]}, "invalid_message"),
         ({"tenant": "alpha", "job_class": "nobody.registered.this"}, "unknown_job_class"),
         ({"tenant": "alpha", "job_class": "jobservice.sleep", "parameters": {"seconds": -1}},
          "invalid_parameters"),

@@ -54,9 +54,30 @@ def test_bad_input_is_rejected_with_its_code(body: object, code: str) -> None:
 
 
 def test_future_fields_are_refused_by_name() -> None:
-    result = parse({"tenant": "a", "job_class": "jobservice.noop", "max_retries": 3})
+    result = parse({"tenant": "a", "job_class": "jobservice.noop", "depends_on": []})
     assert isinstance(result, Rejection) and result.code == "invalid_message"
-    assert "max_retries" in json.dumps(result.details)
+    assert "depends_on" in json.dumps(result.details)
+
+
+def test_retry_policy_and_run_after_are_taken_from_the_submission() -> None:
+    result = parse({"tenant": "a", "job_class": "jobservice.noop", "max_retries": 3,
+                    "retry_backoff_s": 0.5, "run_after": "2030-01-01T00:00:00Z"})
+    assert not isinstance(result, Rejection)
+    assert (result.max_retries, result.retry_backoff_s) == (3, 0.5)
+    assert result.run_after is not None and result.run_after.year == 2030
+
+
+def test_retry_policy_defaults_to_the_job_type_with_no_retries() -> None:
+    result = parse({"tenant": "a", "job_class": "jobservice.noop"})
+    assert not isinstance(result, Rejection)
+    assert (result.max_retries, result.retry_backoff_s, result.run_after) == (0, 1.0, None)
+
+
+@pytest.mark.parametrize("field", [{"max_retries": -1}, {"retry_backoff_s": -0.1},
+                                   {"run_after": "2030-01-01T00:00:00"}, {"max_retries": "x"}])
+def test_bad_retry_fields_are_refused(field: dict[str, object]) -> None:
+    result = parse({"tenant": "a", "job_class": "jobservice.noop", **field})
+    assert isinstance(result, Rejection) and result.code == "invalid_message"
 
 
 def test_schema_errors_carry_the_field_location() -> None:
