@@ -13,7 +13,7 @@ from jobservice.resources import resource_dir
 from jobservice.schemas import drifted_schemas, render_schemas
 from jobservice.service import JobService
 from jobservice.store import QUERIES, Store
-from tests.conftest import ServiceFactory, wait_for_all
+from tests.conftest import ServiceFactory, wait_for_all, wait_until
 from tests.support.amqp import http_get, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,12 @@ async def test_health_readiness_and_metrics(
         await wait_for_all(events, ids, "SUCCEEDED")
         await wait_for_all(events, [failed.id], "FAILED")
     await client.submit_raw(b"garbage")
+
+    async def all_published() -> bool:  # counted after the broker's confirm and the delete
+        return metric_value((await http_get(port, "/metrics"))[1],
+                            "jobservice_events_published_total") >= 24
+
+    await wait_until(all_published, timeout=10)
     status, text = await http_get(port, "/metrics")
     assert status == 200
     assert metric_value(text, "jobservice_pool_capacity") == 3

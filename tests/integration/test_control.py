@@ -111,10 +111,13 @@ async def test_retry_of_a_failed_job_runs_a_new_attempt_and_keeps_the_old_error(
         ("RUNNING", "FAILED")]
     assert await db.fetchval("SELECT attempt FROM t_job_info WHERE id = $1", reply.id) == 2
     history = await db.fetch("SELECT attempt, status, error_type, error_message FROM t_job_run "
-                             "WHERE job_id = $1", reply.id)
-    assert [dict(r) for r in history] == [{"attempt": 1, "status": "FAILED",
-                                           "error_type": "FailJobError",
-                                           "error_message": "first try"}]
+                             "WHERE job_id = $1 ORDER BY attempt", reply.id)
+    # one row per attempt (issue 5): the first attempt's error is kept beside the second's
+    assert [dict(r) for r in history] == [
+        {"attempt": 1, "status": "FAILED", "error_type": "FailJobError",
+         "error_message": "first try"},
+        {"attempt": 2, "status": "FAILED", "error_type": "FailJobError",
+         "error_message": "first try"}]
 
 
 async def test_wrong_status_is_refused_with_a_reply_and_a_dead_letter(
