@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--owner", default=None)
     submit.add_argument("--description", default=None)
     submit.add_argument("--pending", action="store_true", help="create as PENDING")
+    submit.add_argument("--max-retries", type=int, default=None)
+    submit.add_argument("--retry-backoff", type=float, default=None, metavar="SECONDS")
+    submit.add_argument("--run-after", default=None, metavar="RFC3339",
+                        help="not before this time (with a time zone)")
     submit.set_defaults(handler=_submit)
 
     control = sub.add_parser("control", help="stop, enqueue or retry a job")
@@ -195,6 +200,8 @@ def _submit(args: argparse.Namespace) -> int:
                 args.tenant, args.job_class, _parse_params(args),
                 id=args.id, priority=args.priority,
                 owner=args.owner, description=args.description, pending=args.pending,
+                max_retries=args.max_retries, retry_backoff_s=args.retry_backoff,
+                run_after=datetime.fromisoformat(args.run_after) if args.run_after else None,
                 check=False)
         assert reply is not None
         print(reply.model_dump_json(exclude_none=True))

@@ -106,6 +106,9 @@ class JobClient:
         owner: str | None = None,
         expiration_date: datetime | None = None,
         pending: bool = False,
+        max_retries: int | None = None,
+        retry_backoff_s: float | None = None,
+        run_after: datetime | None = None,
         wait: bool = True,
         check: bool = True,
     ) -> ReplyMessage | None:
@@ -121,6 +124,12 @@ class JobClient:
                 message[key] = value
         if expiration_date is not None:
             message["expiration_date"] = expiration_date.isoformat()
+        if max_retries is not None:
+            message["max_retries"] = max_retries
+        if retry_backoff_s is not None:
+            message["retry_backoff_s"] = retry_backoff_s
+        if run_after is not None:
+            message["run_after"] = run_after.isoformat()
         return self._checked(await self._request(f"{self._ns}.submit", message, wait), check)
 
     async def submit_raw(self, body: dict[str, Any] | bytes, wait: bool = True

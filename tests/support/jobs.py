@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobservice.jobs.base import Job, JobContext, NoParameters
+from jobservice.jobs.base import AbortWorker, Job, JobContext, NoParameters, Reschedule
 
 
 class SpinParameters(BaseModel):
@@ -90,3 +90,62 @@ class EchoJob(Job[EchoParameters]):
 
     async def run(self, ctx: JobContext) -> Any:
         return {"echo": self.parameters.value}
+
+
+class AttemptParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    succeed_on_attempt: int = Field(default=1, ge=1)
+    delay: float = Field(default=0.0, ge=0)
+    log_lines: int = Field(default=0, ge=0)
+
+
+class FlakyError(RuntimeError):
+    pass
+
+
+class FlakyJob(Job[AttemptParameters]):
+    """Fails (FlakyError) until its `succeed_on_attempt`-th attempt; logs what it does."""
+
+    name = "tests.flaky"
+    Parameters = AttemptParameters
+
+    async def run(self, ctx: JobContext) -> dict[str, Any]:
+        for n in range(self.parameters.log_lines):
+            ctx.log("info", f"line {n} of attempt {ctx.attempt}")
+        if ctx.attempt < self.parameters.succeed_on_attempt:
+            ctx.log("error", f"attempt {ctx.attempt} fails")
+            raise FlakyError(f"attempt {ctx.attempt} failed")
+        return {"attempt": ctx.attempt}
+
+
+class RetryingByDefaultJob(FlakyJob):
+    """The same, with a retry policy on the job type."""
+
+    name = "tests.retrying_by_default"
+    max_retries = 1
+    retry_backoff_s = 0.1
+
+
+class RescheduleJob(Job[AttemptParameters]):
+    """Raises Reschedule(delay) until its `succeed_on_attempt`-th attempt (blocking job)."""
+
+    name = "tests.reschedule"
+    Parameters = AttemptParameters
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        if ctx.attempt < self.parameters.succeed_on_attempt:
+            raise Reschedule(self.parameters.delay, "input not ready")
+        return {"attempt": ctx.attempt}
+
+
+class AbortWorkerJob(Job[AttemptParameters]):
+    """Raises AbortWorker until its `succeed_on_attempt`-th attempt."""
+
+    name = "tests.abort_worker"
+    Parameters = AttemptParameters
+
+    async def run(self, ctx: JobContext) -> dict[str, Any]:
+        if ctx.attempt < self.parameters.succeed_on_attempt:
+            raise AbortWorker("lost the connection to the shared storage")
+        return {"attempt": ctx.attempt}
