@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import AMQP_URL
+from tests.support.amqp import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,3 +35,28 @@ def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "jobservice.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def spawn_ready(database_url: str, namespace: str, *args: str, timeout: float = 30,
+                      **settings: str) -> subprocess.Popen[bytes]:
+    """`spawn_service`, returning once its /readyz answers 200 (it consumes submissions)."""
+    port = free_port()
+    proc = spawn_service(database_url, namespace, *args, http_port=str(port),
+                         http_host="127.0.0.1", **settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and proc.poll() is None:
+        try:
+            if (await http_get(port, "/readyz"))[0] == 200:
+                return proc
+        except OSError:  # not listening yet
+            pass
+        await asyncio.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"the instance did not become ready (exit code {proc.poll()})")
