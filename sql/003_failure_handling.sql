@@ -11,7 +11,9 @@ ALTER TABLE t_job_info
     -- failed attempts retried automatically since the job was submitted or last kicked
     ADD COLUMN failures        integer          NOT NULL DEFAULT 0,
     -- Reschedule(delay) raised since the job was submitted or last kicked
-    ADD COLUMN reschedules     integer          NOT NULL DEFAULT 0;
+    ADD COLUMN reschedules     integer          NOT NULL DEFAULT 0,
+    -- when the current attempt was claimed (copied to its t_job_run row when it ends)
+    ADD COLUMN claimed_at      timestamptz;
 
 -- The scheduler sleeps until the earliest not-before time among queued jobs (instead of
 -- its fallback poll): this index answers that question without a scan.
@@ -25,9 +27,9 @@ CREATE INDEX t_job_info_queued_class_idx
 CREATE INDEX t_job_info_failed_idx ON t_job_info (error_type, tenant)
     WHERE status IN ('FAILED', 'ABORTED');
 
--- Run history: one row per attempt, created when the attempt is claimed and closed when it
--- ends (final status, or QUEUED when it was handed back / retried), written by the trigger
--- below in the transaction of the transition.
+-- Run history: one row per attempt, written by the trigger below in the transaction of the
+-- transition that ends the attempt (final status, or QUEUED when it was retried or handed
+-- back): one insert per attempt. The attempt in progress is the t_job_info row itself.
 ALTER TABLE t_job_run
     ADD COLUMN claimed_at timestamptz,
     ADD COLUMN duration_s double precision;
@@ -70,18 +72,25 @@ BEGIN
             OLD.status, NEW.status, OLD.id USING ERRCODE = 'check_violation';
     END IF;
     NEW.transition_seq := OLD.transition_seq + 1;
-    -- The attempt in hand ends: close its history row. Going back to QUEUED with an error
-    -- is an automatic retry (the attempt FAILED); without one it was handed back
-    -- (reschedule, worker abort, shutdown, rescue) and the attempt's status is QUEUED.
+    -- The attempt in hand ends: its history row. Going back to QUEUED with an error is an
+    -- automatic retry (the attempt FAILED); without one it was handed back (reschedule,
+    -- worker abort, shutdown, rescue) and the attempt's status is QUEUED.
     IF OLD.status IN ('TO_BE_RUN', 'RUNNING') AND NEW.status NOT IN ('TO_BE_RUN', 'RUNNING') THEN
-        UPDATE t_job_run r
-           SET status = CASE WHEN NEW.status = 'QUEUED' AND NEW.error_type IS NOT NULL
-                             THEN 'FAILED' ELSE NEW.status END,
-               ended_at = v_now,
-               duration_s = extract(epoch FROM v_now - coalesce(r.started_at, r.claimed_at)),
-               error_type = NEW.error_type, error_message = NEW.error_message,
-               stack_trace = NEW.stack_trace
-         WHERE r.job_id = OLD.id AND r.attempt = OLD.attempt;
+        INSERT INTO t_job_run (job_id, attempt, instance_id, status, claimed_at,
+                               started_at, ended_at, duration_s, error_type,
+                               error_message, stack_trace)
+        VALUES (OLD.id, OLD.attempt, OLD.instance_id,
+                CASE WHEN NEW.status = 'QUEUED' AND NEW.error_type IS NOT NULL
+                     THEN 'FAILED' ELSE NEW.status END,
+                OLD.claimed_at, OLD.started_at, v_now,
+                extract(epoch FROM v_now - coalesce(OLD.started_at, OLD.claimed_at)),
+                NEW.error_type, NEW.error_message, NEW.stack_trace)
+        ON CONFLICT (job_id, attempt) DO UPDATE
+            SET instance_id = EXCLUDED.instance_id, status = EXCLUDED.status,
+                claimed_at = EXCLUDED.claimed_at, started_at = EXCLUDED.started_at,
+                ended_at = EXCLUDED.ended_at, duration_s = EXCLUDED.duration_s,
+                error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message,
+                stack_trace = EXCLUDED.stack_trace;
     END IF;
     CASE NEW.status
         WHEN 'QUEUED' THEN
@@ -103,18 +112,13 @@ BEGIN
             NEW.instance_id := NULL;
             NEW.stop_requested := false;
         WHEN 'TO_BE_RUN' THEN
-            INSERT INTO t_job_run (job_id, attempt, instance_id, status, claimed_at)
-            VALUES (NEW.id, NEW.attempt, NEW.instance_id, 'TO_BE_RUN', v_now)
-            ON CONFLICT (job_id, attempt) DO UPDATE
-                SET instance_id = EXCLUDED.instance_id, status = 'TO_BE_RUN',
-                    claimed_at = EXCLUDED.claimed_at;
-            -- the previous attempt's error (kept in t_job_run) is not this attempt's
+            NEW.claimed_at := v_now;
+            -- the previous attempt's outcome (kept in t_job_run) is not this attempt's
             NEW.error_type := NULL; NEW.error_message := NULL; NEW.stack_trace := NULL;
             NEW.result := NULL; NEW.run_after := NULL; NEW.percent_completed := 0;
+            NEW.started_at := NULL; NEW.ended_at := NULL;
         WHEN 'RUNNING' THEN
             NEW.started_at := v_now;
-            UPDATE t_job_run r SET status = 'RUNNING', started_at = v_now
-             WHERE r.job_id = NEW.id AND r.attempt = NEW.attempt;
         WHEN 'SUCCEEDED' THEN
             NEW.ended_at := v_now;
             NEW.percent_completed := 100;

@@ -11,7 +11,7 @@ from typing import Any
 _JOB_FIELDS = ("id", "tenant", "job_class", "status", "priority", "owner", "description",
                "percent_completed", "attempt", "instance_id", "max_retries", "retry_backoff_s",
                "failures", "reschedules", "run_after", "expiration_date", "created_at",
-               "queued_at", "started_at", "ended_at", "error_type", "error_message")
+               "queued_at", "claimed_at", "started_at", "ended_at", "error_type", "error_message")
 
 
 def _text(value: Any) -> str:
@@ -34,7 +34,8 @@ def render_job(job: dict[str, Any], runs: Sequence[dict[str, Any]],
     params = job.get("parameters") or {}
     out += [f"  {name} = {json.dumps(value)}" for name, value in params.items()] or ["  (none)"]
     out.append("")
-    out.append(f"attempts ({len(runs)}):")
+    in_progress = job.get("status") in ("TO_BE_RUN", "RUNNING")
+    out.append(f"attempts ({len(runs) + in_progress}):")
     out.append(f"  {'#':>3}  {'status':<10} {'instance':<24} {'started':<32} "
                f"{'duration_s':>10}  error")
     for run in runs:
@@ -45,6 +46,11 @@ def render_job(job: dict[str, Any], runs: Sequence[dict[str, Any]],
                    f"{_text(run.get('instance_id')):<24} "
                    f"{_text(run.get('started_at') or run.get('claimed_at')):<32} "
                    f"{_text(run.get('duration_s')):>10}  {error}")
+    if in_progress:  # its history row is written when it ends
+        out.append(f"  {job['attempt']:>3}  {job['status']:<10} "
+                   f"{_text(job.get('instance_id')):<24} "
+                   f"{_text(job.get('started_at') or job.get('claimed_at')):<32} "
+                   f"{'-':>10}  (in progress)")
     last_trace = next((r["stack_trace"] for r in reversed(runs) if r.get("stack_trace")), None)
     if last_trace:
         out.append("")
