@@ -222,7 +222,7 @@ class WorkerPool:
                     log.warning("job %s dropped: this instance lost its lease", claim.id)
                     return
                 ctx.close_log()
-                if self._log_writer is not None:
+                if self._log_writer is not None and ctx.log_lines:
                     await self._log_writer.flush()  # the log before the final status
                 if running.cancel_reason == "shutdown":
                     await self._store.hand_back([claim.id], self._instance_id)

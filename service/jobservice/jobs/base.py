@@ -89,6 +89,7 @@ class JobContext:
         self._log_sink = log_sink
         self._log_room = max_log_lines
         self._log_lock = threading.Lock()
+        self.log_lines = 0  # written (or waiting to be) in this attempt
         self.log_lines_dropped = 0
 
     def log(self, level: int | str, message: str) -> None:
@@ -102,6 +103,7 @@ class JobContext:
                 self.log_lines_dropped += 1
                 return
             self._log_room -= 1
+            self.log_lines += 1
         if self._log_sink is not None:
             self._log_sink.append(self.job_id, self.attempt, datetime.now(UTC),
                                   log_level_name(level), str(message)[:MAX_LOG_MESSAGE_CHARS])
@@ -109,6 +111,7 @@ class JobContext:
     def close_log(self) -> None:
         """End of the attempt: say how many lines did not fit."""
         if self.log_lines_dropped and self._log_sink is not None:
+            self.log_lines += 1
             self._log_sink.append(self.job_id, self.attempt, datetime.now(UTC), "warning",
                                   f"{self.log_lines_dropped} more log line(s) dropped "
                                   "(JOBSERVICE_JOB_LOG_MAX_LINES)")
