@@ -43,9 +43,10 @@ SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queu
 -- Seconds until the earliest future not-before time of a queued job (NULL: none waits),
 -- measured by the database clock; the scheduler sleeps that long at most
 -- (t_job_info_waiting_idx).
+-- (statement_timestamp, not clock_timestamp: a stable bound the index scan can start from)
 SELECT extract(epoch FROM min(run_after) - clock_timestamp())::float8
   FROM t_job_info
- WHERE status = 'QUEUED' AND run_after IS NOT NULL AND run_after > clock_timestamp();
+ WHERE status = 'QUEUED' AND run_after IS NOT NULL AND run_after > statement_timestamp();
 
 -- name: mark_running
 UPDATE t_job_info SET status = 'RUNNING'

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands")
 
     run = sub.add_parser("run", help="run one service instance in the foreground")
-    run.add_argument("--max-jobs", type=int, default=None, metavar="N",
+    run.add_argument("--max-jobs", type=_positive(int), default=None, metavar="N",
                      help="claim N jobs, let them end, exit 0")
-    run.add_argument("--max-seconds", type=float, default=None, metavar="S",
+    run.add_argument("--max-seconds", type=_positive(float), default=None, metavar="S",
                      help="after S seconds stop claiming, drain, exit 0")
-    run.add_argument("--max-memory", type=float, default=None, metavar="MB",
+    run.add_argument("--max-memory", type=_positive(float), default=None, metavar="MB",
                      help="once resident memory exceeds MB, stop claiming, drain, exit 0")
     run.add_argument("--tenants", default=None, metavar="A,B",
                      help="only claim jobs of these tenants")
@@ -109,6 +110,20 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number > 0 (anything else is a usage error)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+
+    return parse
 
 
 def _settings_and_logs(args: argparse.Namespace, **overrides: Any) -> Settings:
