@@ -7,15 +7,15 @@
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[],
                          $6::text[], $7::text[], $8::timestamptz[], $12::boolean[],
-                         $13::integer[], $14::float8[], $15::timestamptz[])
+                         $13::integer[], $14::float8[], $15::timestamptz[], $16::text[])
         AS i(id, tenant, job_class, status, priority, description, owner, expiration_date,
-             at_most_once, max_retries, retry_backoff_s, run_after)
+             at_most_once, max_retries, retry_backoff_s, run_after, context)
 ), inserted AS (
     INSERT INTO t_job_info (id, tenant, job_class, status, priority, description, owner,
                             expiration_date, at_most_once, max_retries, retry_backoff_s,
-                            run_after)
+                            run_after, context)
     SELECT id, tenant, job_class, status, priority, description, owner, expiration_date,
-           at_most_once, max_retries, retry_backoff_s, run_after
+           at_most_once, max_retries, retry_backoff_s, run_after, context
       FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -27,6 +27,14 @@ WITH input AS (
 )
 SELECT id FROM inserted;
 
+-- name: submit_job
+-- One composite submission (dependencies, on_success, steps, elements, environment): see
+-- jobservice_submit_job in sql/004_composite_jobs.sql.
+SELECT id, status, created FROM jobservice_submit_job($1::jsonb);
+
+-- name: existing_job_ids
+SELECT id FROM t_job_info WHERE id = ANY($1::uuid[]);
+
 -- name: notify_work
 SELECT pg_notify('jobservice_work', '');
 
@@ -36,7 +44,8 @@ SELECT pg_notify('jobservice_outbox', '');
 -- name: claim_jobs
 -- $3-$5: this instance's claim filters (tenants, excluded tenants, job types; NULL: all)
 SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
-       parameters, max_retries, retry_backoff_s, failures, reschedules
+       parameters, max_retries, retry_backoff_s, failures, reschedules, context,
+       selected_elements, environment
   FROM jobservice_claim_jobs($1, $2, $3::text[], $4::text[], $5::text[]);
 
 -- name: next_run_after
@@ -67,19 +76,40 @@ UPDATE t_job_info AS j
        run_after = CASE WHEN f.delay_s IS NULL THEN j.run_after
                         ELSE clock_timestamp() + make_interval(secs => f.delay_s) END,
        failures = j.failures + f.failed,
-       reschedules = j.reschedules + f.rescheduled
+       reschedules = j.reschedules + f.rescheduled,
+       message_key = coalesce(f.message_key, j.message_key),
+       message_params = CASE WHEN f.message_key IS NULL THEN j.message_params
+                             ELSE f.message_params::jsonb END
   FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::integer[], $5::text[], $6::text[],
-              $7::text[], $8::text[], $10::float8[], $11::integer[], $12::integer[])
+              $7::text[], $8::text[], $10::float8[], $11::integer[], $12::integer[],
+              $13::text[], $14::text[])
        AS f(id, attempt, status, percent, error_type, error_message, stack_trace, result,
-            delay_s, failed, rescheduled)
+            delay_s, failed, rescheduled, message_key, message_params)
  WHERE j.id = f.id AND j.attempt = f.attempt AND j.instance_id = $9 AND j.status = 'RUNNING'
 RETURNING j.id, j.ended_at, j.status;
 
 -- name: write_completion
-UPDATE t_job_info AS j SET percent_completed = c.percent
-  FROM unnest($1::uuid[], $2::integer[], $3::integer[]) AS c(id, attempt, percent)
+-- Completion and the current message (ctx.message) of many running jobs.
+UPDATE t_job_info AS j
+   SET percent_completed = c.percent,
+       message_key = coalesce(c.message_key, j.message_key),
+       message_params = CASE WHEN c.message_key IS NULL THEN j.message_params
+                             ELSE c.message_params::jsonb END
+  FROM unnest($1::uuid[], $2::integer[], $3::integer[], $5::text[], $6::text[])
+       AS c(id, attempt, percent, message_key, message_params)
  WHERE j.id = c.id AND j.attempt = c.attempt AND j.instance_id = $4 AND j.status = 'RUNNING'
-   AND j.percent_completed <> c.percent;
+   AND (j.percent_completed <> c.percent
+        OR j.message_key IS DISTINCT FROM coalesce(c.message_key, j.message_key)
+        OR (c.message_key IS NOT NULL
+            AND j.message_params IS DISTINCT FROM c.message_params::jsonb));
+
+-- name: insert_job_logs
+-- Lines of ctx.log and ctx.message (the latter with their key and parameters).
+INSERT INTO t_job_log (job_id, attempt, at, level, message, message_key, message_params)
+SELECT l.job_id, l.attempt, l.at, l.level, l.message, l.message_key, l.message_params::jsonb
+  FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[], $4::text[], $5::text[],
+              $6::text[], $7::text[])
+       AS l(job_id, attempt, at, level, message, message_key, message_params);
 
 -- name: hand_back
 UPDATE t_job_info SET status = 'QUEUED'
@@ -90,37 +120,42 @@ RETURNING id;
 SELECT status, instance_id, tenant, job_class, changed FROM jobservice_stop_job($1);
 
 -- name: enqueue_job
-UPDATE t_job_info SET status = 'QUEUED' WHERE id = $1 AND status = 'PENDING'
+-- A job waiting for its dependencies is queued by them, not by `enqueue`.
+UPDATE t_job_info SET status = 'QUEUED'
+ WHERE id = $1 AND status = 'PENDING' AND dependency_state IS NULL
 RETURNING status, tenant, job_class;
 
 -- name: retry_job
-UPDATE t_job_info SET status = 'QUEUED'
- WHERE id = $1 AND status IN ('FAILED', 'ABORTED') RETURNING status, tenant, job_class;
+-- A job with dependencies can be retried once they all SUCCEEDED (a job ABORTED
+-- `dependency_failed` is re-queued by itself when its retried dependency succeeds).
+UPDATE t_job_info j SET status = 'QUEUED'
+ WHERE j.id = $1 AND j.status IN ('FAILED', 'ABORTED')
+   AND NOT EXISTS (SELECT 1 FROM t_job_dependency d JOIN t_job_info o ON o.id = d.depends_on
+                    WHERE d.job_id = j.id AND o.status <> 'SUCCEEDED')
+RETURNING j.status, j.tenant, j.job_class;
+
+-- name: unfinished_dependencies
+SELECT o.id, o.status FROM t_job_dependency d JOIN t_job_info o ON o.id = d.depends_on
+ WHERE d.job_id = $1 AND o.status <> 'SUCCEEDED' ORDER BY o.id;
 
 -- name: retry_jobs
 -- Kick in bulk (`jobservice jobs retry`): FAILED/ABORTED jobs matching every given filter
 -- (NULL: any) go back to QUEUED as a new attempt. Uses t_job_info_failed_idx.
-UPDATE t_job_info SET status = 'QUEUED'
- WHERE status IN ('FAILED', 'ABORTED')
-   AND ($1::uuid IS NULL OR id = $1)
-   AND ($2::text IS NULL OR tenant = $2)
-   AND ($3::text IS NULL OR job_class = $3)
-   AND ($4::text IS NULL OR error_type = $4)
-RETURNING id, tenant, job_class;
-
--- name: insert_job_logs
-INSERT INTO t_job_log (job_id, attempt, at, level, message)
-SELECT * FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[], $4::text[], $5::text[]);
+-- Jobs whose dependencies have not all SUCCEEDED are left alone (like the retry control).
+UPDATE t_job_info j SET status = 'QUEUED'
+ WHERE j.status IN ('FAILED', 'ABORTED')
+   AND ($1::uuid IS NULL OR j.id = $1)
+   AND ($2::text IS NULL OR j.tenant = $2)
+   AND ($3::text IS NULL OR j.job_class = $3)
+   AND ($4::text IS NULL OR j.error_type = $4)
+   AND NOT EXISTS (SELECT 1 FROM t_job_dependency d JOIN t_job_info o ON o.id = d.depends_on
+                    WHERE d.job_id = j.id AND o.status <> 'SUCCEEDED')
+RETURNING j.id, j.tenant, j.job_class;
 
 -- name: job_runs
 SELECT attempt, instance_id, status, claimed_at, started_at, ended_at, duration_s,
        error_type, error_message, stack_trace
   FROM t_job_run WHERE job_id = $1 ORDER BY attempt;
-
--- name: job_log_tail
-SELECT attempt, at, level, message
-  FROM (SELECT * FROM t_job_log WHERE job_id = $1 ORDER BY id DESC LIMIT $2) tail
- ORDER BY id;
 
 -- name: job_status
 SELECT status FROM t_job_info WHERE id = $1;
@@ -133,6 +168,37 @@ SELECT id, status FROM t_job_info WHERE id = ANY($1::uuid[]);
 
 -- name: get_job
 SELECT * FROM t_job_info WHERE id = $1;
+
+-- name: list_jobs
+-- `jobservice jobs list`: optional filters (NULL: any), newest first, one page (limit, offset).
+SELECT id, tenant, job_class, status, priority, owner, context,
+       coalesce(dependency_state, 'none') AS dependency_state, percent_completed, created_at,
+       updated_at, error_type, message_key, message_params
+  FROM t_job_info
+ WHERE ($1::text IS NULL OR tenant = $1)
+   AND ($2::text[] IS NULL OR status = ANY($2::text[]))
+   AND ($3::text IS NULL OR job_class = $3)
+   AND ($4::text IS NULL OR owner = $4)
+   AND ($5::text IS NULL OR context = $5)
+   AND ($6::text IS NULL OR coalesce(dependency_state, 'none') = $6)
+ ORDER BY created_at DESC, id DESC
+ LIMIT $7 OFFSET $8;
+
+-- name: job_dependencies
+SELECT o.id, o.status, o.job_class FROM t_job_dependency d
+  JOIN t_job_info o ON o.id = d.depends_on WHERE d.job_id = $1 ORDER BY o.created_at, o.id;
+
+-- name: job_dependents
+SELECT j.id, j.status, j.job_class FROM t_job_dependency d
+  JOIN t_job_info j ON j.id = d.job_id WHERE d.depends_on = $1 ORDER BY j.created_at, j.id;
+
+-- name: job_on_success
+SELECT position, submission FROM t_job_on_success WHERE job_id = $1 ORDER BY position;
+
+-- name: job_log_tail
+SELECT attempt, at, level, message, message_key, message_params
+  FROM (SELECT * FROM t_job_log WHERE job_id = $1 ORDER BY id DESC LIMIT $2) tail
+ ORDER BY id;
 
 -- name: get_parameters
 SELECT name, value FROM t_job_parameters WHERE job_id = $1 ORDER BY name;

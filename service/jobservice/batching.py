@@ -23,6 +23,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
+    # Rolled back as a whole; happens rarely when dependents are resolved while their
+    # dependencies are submitted or finish in other transactions: just run it again.
+    asyncpg.DeadlockDetectedError,
 )
 
 

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="only claim jobs of these job types (job_class)")
     run.set_defaults(handler=_run)
 
-    jobs = sub.add_parser("jobs", help="inspect and kick jobs (talks to the database)")
+    jobs = sub.add_parser("jobs", help="list, show and kick jobs (talks to the database)")
     jobs_sub = jobs.add_subparsers(title="jobs commands")
     retry = jobs_sub.add_parser(
         "retry", help="re-queue FAILED/ABORTED jobs: one id, or all matching the filters")
@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     show = jobs_sub.add_parser("show", help="a job, its parameters, attempts and log tail")
     show.add_argument("id")
     show.add_argument("--log-lines", type=int, default=20)
+    show.add_argument("--locale", default="en", help="language of the messages (de, fr…)")
+    show.add_argument("--json", action="store_true", help="one JSON document")
     show.set_defaults(handler=_jobs_show)
+    from jobservice.jobs_cli import add_list_command
+
+    add_list_command(jobs_sub, _settings_and_logs)
 
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.set_defaults(handler=_migrate)
@@ -84,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--retry-backoff", type=float, default=None, metavar="SECONDS")
     submit.add_argument("--run-after", default=None, metavar="RFC3339",
                         help="not before this time (with a time zone)")
+    submit.add_argument("--context", default=None, help="who the job is for (default admin)")
+    submit.add_argument("--depends-on", action="append", default=[], metavar="ID",
+                        help="a job this one waits for (repeatable)")
     submit.set_defaults(handler=_submit)
 
     control = sub.add_parser("control", help="stop, enqueue or retry a job")
@@ -217,7 +225,7 @@ def _submit(args: argparse.Namespace) -> int:
                 owner=args.owner, description=args.description, pending=args.pending,
                 max_retries=args.max_retries, retry_backoff_s=args.retry_backoff,
                 run_after=datetime.fromisoformat(args.run_after) if args.run_after else None,
-                check=False)
+                context=args.context, depends_on=args.depends_on or None, check=False)
         assert reply is not None
         print(reply.model_dump_json(exclude_none=True))
         return 0 if reply.ok else 1
@@ -266,27 +274,11 @@ def _jobs_retry(args: argparse.Namespace) -> int:
 
 
 def _jobs_show(args: argparse.Namespace) -> int:
-    from jobservice.jobview import render_job
-    from jobservice.store import Store
+    from jobservice.jobs_cli import show_job
 
     settings = _settings_and_logs(args)
-    job_id = _uuid_or_exit(args.id)
-
-    async def main() -> int:
-        store = await Store.connect(settings.database_url, settings.database_schema, 2)
-        try:
-            job = await store.get_job(job_id)
-            if job is None:
-                print(f"no job with id {job_id}", file=sys.stderr)
-                return 1
-            runs = await store.job_runs(job_id)
-            lines = await store.job_log_tail(job_id, max(0, args.log_lines))
-        finally:
-            await store.close()
-        print(render_job(job, runs, lines))
-        return 0
-
-    return anyio.run(main)
+    return show_job(settings, _uuid_or_exit(args.id), max(0, args.log_lines), args.locale,
+                    args.json)
 
 
 def _uuid_or_exit(text: str) -> uuid.UUID:

@@ -109,11 +109,15 @@ class JobClient:
         max_retries: int | None = None,
         retry_backoff_s: float | None = None,
         run_after: datetime | None = None,
+        context: str | None = None,
+        depends_on: Sequence[uuid.UUID | str] | None = None,
         wait: bool = True,
         check: bool = True,
+        **composite: Any,
     ) -> ReplyMessage | None:
         """Submit one job; with `wait`, return the service's reply (raise if refused and
-        `check`)."""
+        `check`). `composite`: the other submission fields as JSON data (`steps`,
+        `selected_elements`, `environment`, `on_success`)."""
         message: dict[str, Any] = {
             "id": str(id or uuid.uuid4()), "tenant": tenant, "job_class": job_class,
             "priority": priority, "parameters": parameters or {},
@@ -130,6 +134,11 @@ class JobClient:
             message["retry_backoff_s"] = retry_backoff_s
         if run_after is not None:
             message["run_after"] = run_after.isoformat()
+        if context is not None:
+            message["context"] = context
+        if depends_on:
+            message["depends_on"] = [str(d) for d in depends_on]
+        message.update(composite)
         return self._checked(await self._request(f"{self._ns}.submit", message, wait), check)
 
     async def submit_raw(self, body: dict[str, Any] | bytes, wait: bool = True

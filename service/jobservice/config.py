@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # ("*": all). Unset: no check. JSON in the environment.
     tenant_acl: dict[str, list[str]] | None = None
     max_parameters: int = Field(default=1000, ge=1)
+    # Extra folders of message catalogs (`<domain>.<locale>.yaml`), read after the ones in the
+    # package (and overriding them). Comma-separated in the environment.
+    message_dirs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Jobs in one submission: the job and its on_success submissions, at every depth.
+    max_jobs_per_submission: int = Field(default=100, ge=1)
     log_level: str = "INFO"
     # -- failure handling and worker control (issue 5) --
     # Upper bound of one automatic retry's backoff (the exponential step is capped here).
@@ -68,7 +73,7 @@ class Settings(BaseSettings):
     exclude_tenants: Annotated[list[str] | None, NoDecode] = None
     job_types: Annotated[list[str] | None, NoDecode] = None
 
-    @field_validator("job_modules", "hooks", mode="before")
+    @field_validator("job_modules", "hooks", "message_dirs", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         """`JOBSERVICE_JOB_MODULES=a.b,c.d` is a comma-separated list of modules."""

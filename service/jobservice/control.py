@@ -98,9 +98,24 @@ class ControlHandler:
         if current is None:
             return _not_found(message)
         needed = "PENDING" if message.action == "enqueue" else "FAILED or ABORTED"
+        fits = {JobStatus.PENDING} if message.action == "enqueue" else {JobStatus.FAILED,
+                                                                          JobStatus.ABORTED}
+        if current in fits:  # the status fits: its dependencies hold it back
+            return await self._waiting_for_dependencies(message)
         return Rejection("invalid_status",
                          f"job {message.id} is {current.value}; {message.action} needs {needed}",
                          [], str(message.id))
+
+    async def _waiting_for_dependencies(self, message: ControlMessage) -> Rejection:
+        if message.action == "enqueue":
+            text = (f"job {message.id} waits for its dependencies; it is queued by itself "
+                    "when they all SUCCEEDED")
+        else:
+            unfinished = await self._store.unfinished_dependencies(message.id)
+            text = (f"job {message.id} depends on job(s) that have not SUCCEEDED ("
+                    + ", ".join(f"{d} {s.value}" for d, s in unfinished)
+                    + "); retry them: this job is queued again when they all succeed")
+        return Rejection("invalid_status", text, [], str(message.id))
 
     async def _refuse(self, delivery: Delivery, action: str, rejection: Rejection) -> None:
         log.warning("control refused: %s", rejection.reason(), extra={"job_id": rejection.job_id})

@@ -19,8 +19,9 @@ from jobservice.config import Settings
 from jobservice.jobs.registry import JobRegistry
 from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
-from jobservice.model import JobStatus, SubmitMessage
-from jobservice.store import NewJob, Store
+from jobservice.model import SubmitMessage
+from jobservice.store import InsertOutcome, NewJob, Store
+from jobservice.submission import SubmissionRefused, build_job, dependency_rejections
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ def decode_json_object(body: bytes, max_bytes: int) -> dict[str, Any] | Rejectio
 
 
 def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int,
-                     max_parameters: int = 1000) -> NewJob | Rejection:
-    """Pure validation of one submission: wire schema, then the job type's parameters."""
+                     max_parameters: int = 1000, max_jobs: int = 100) -> NewJob | Rejection:
+    """Pure validation of one submission: wire schema, the job type's parameters (and each
+    step's config), the on_success submissions, and the dependencies that can be judged
+    without the database (cycles). Unknown dependencies are checked by the intake."""
     data = decode_json_object(body, max_bytes)
     if isinstance(data, Rejection):
         return data
@@ -76,37 +79,10 @@ def parse_submission(body: bytes, registry: JobRegistry, max_bytes: int,
     except ValidationError as exc:
         return Rejection("invalid_message", "the submission does not match the schema",
                          validation_details(exc), job_id)
-    if len(message.parameters) > max_parameters:
-        return Rejection("invalid_parameters",
-                         f"{len(message.parameters)} parameters; the limit is {max_parameters}",
-                         [], job_id)
-    if message.job_class not in registry:
-        return Rejection("unknown_job_class",
-                         f"job_class {message.job_class!r} is not registered here", [], job_id)
-    job_type = registry.get(message.job_class)
     try:
-        parameters = job_type.Parameters.model_validate(message.parameters)
-    except ValidationError as exc:
-        return Rejection("invalid_parameters",
-                         f"parameters do not fit {message.job_class}", validation_details(exc),
-                         job_id)
-    return NewJob(
-        id=message.id or uuid.uuid4(),
-        tenant=message.tenant,
-        job_class=message.job_class,
-        status=JobStatus(message.initial_status),
-        priority=message.priority,
-        description=message.description,
-        owner=message.owner,
-        expiration_date=message.expiration_date,
-        parameters=parameters.model_dump(mode="json"),
-        at_most_once=job_type.run_at_most_once,
-        max_retries=(job_type.max_retries if message.max_retries is None
-                     else message.max_retries),
-        retry_backoff_s=(job_type.retry_backoff_s if message.retry_backoff_s is None
-                         else message.retry_backoff_s),
-        run_after=message.run_after,
-    )
+        return build_job(message, registry, max_parameters, max_jobs)
+    except SubmissionRefused as refused:
+        return Rejection(refused.code, str(refused), refused.details, job_id)
 
 
 class Intake:
@@ -138,18 +114,18 @@ class Intake:
 
     async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
         parsed = [(d, self._parse(d)) for d in deliveries]
+        parsed = await self._check_dependencies(parsed)
         unique: dict[uuid.UUID, NewJob] = {}
         for _, result in parsed:
             if isinstance(result, NewJob) and result.id not in unique:
                 unique[result.id] = result
-        created: frozenset[uuid.UUID] = frozenset()
-        existing: dict[uuid.UUID, JobStatus] = {}
+        outcome = InsertOutcome(frozenset(), {})
         if unique:
             outcome = await retry_transient(
                 "store submissions", lambda: self._store.insert_jobs(list(unique.values())))
-            created, existing = outcome.created, outcome.existing
-            if created:
+            if outcome.created:
                 self._on_stored()
+        created, existing = outcome.created, outcome.existing
         answered: set[uuid.UUID] = set()
         for delivery, result in parsed:
             if isinstance(result, Rejection):
@@ -157,12 +133,13 @@ class Intake:
                 continue
             first_time = result.id in created and result.id not in answered
             answered.add(result.id)
-            status = result.status if result.id in created else existing.get(result.id)
+            status = (outcome.statuses or {}).get(result.id, result.status) \
+                if result.id in created else existing.get(result.id)
             self._metrics.submissions.labels(
                 "accepted" if first_time else "duplicate", "").inc()
-            if first_time:
-                self._metrics.transitions.labels(result.status.value).inc()
-                log_transition(result.id, result.tenant, result.job_class, result.status.value,
+            if first_time and status is not None:
+                self._metrics.transitions.labels(status.value).inc()
+                log_transition(result.id, result.tenant, result.job_class, status.value,
                                detail="submitted")
             await answer_and_ack(self._broker, delivery, {
                 "ok": True, "id": str(result.id),
@@ -171,11 +148,35 @@ class Intake:
     def _parse(self, delivery: Delivery) -> NewJob | Rejection:
         s = self._settings
         result = parse_submission(delivery.body, self._registry, s.max_message_bytes,
-                                  s.max_parameters)
-        if isinstance(result, NewJob) and not s.may_use_tenant(delivery.user_id, result.tenant):
-            return Rejection("forbidden", f"AMQP user {delivery.user_id!r} may not submit for "
-                             f"tenant {result.tenant!r}", [], str(result.id))
+                                  s.max_parameters, s.max_jobs_per_submission)
+        if isinstance(result, NewJob):
+            for tenant in sorted(result.tenants):
+                if not s.may_use_tenant(delivery.user_id, tenant):
+                    return Rejection("forbidden", f"AMQP user {delivery.user_id!r} may not "
+                                     f"submit for tenant {tenant!r}", [], str(result.id))
         return result
+
+    async def _check_dependencies(
+        self, parsed: list[tuple[Delivery, NewJob | Rejection]]
+    ) -> list[tuple[Delivery, NewJob | Rejection]]:
+        """Refuse submissions that depend on jobs that do not exist (nor come earlier in
+        this batch). Jobs are never deleted, so what exists now still exists at commit."""
+        jobs = [r for _, r in parsed if isinstance(r, NewJob)]
+        wanted = {d for job in jobs for d in job.external_dependencies}
+        if not wanted:
+            return parsed
+        existing = await retry_transient(
+            "check dependencies", lambda: self._store.existing_job_ids(list(wanted)))
+        refusals = iter(dependency_rejections(jobs, existing))
+        checked: list[tuple[Delivery, NewJob | Rejection]] = []
+        for delivery, result in parsed:
+            if isinstance(result, NewJob):
+                refusal = next(refusals)
+                if refusal is not None:
+                    result = Rejection(refusal.code, str(refusal), refusal.details,
+                                       str(result.id))
+            checked.append((delivery, result))
+        return checked
 
     async def _reject(self, delivery: Delivery, rejection: Rejection) -> None:
         log.warning("submission refused: %s", rejection.reason(),

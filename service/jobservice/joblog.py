@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from jobservice.batching import retry_transient
@@ -24,6 +25,9 @@ class JobLogLine:
     at: datetime
     level: str
     message: str
+    # lines of ctx.message: the untranslated key and parameters (rendered again per locale)
+    message_key: str | None = None
+    message_params: Mapping[str, Any] | None = None
 
 
 class JobLogWriter:
@@ -40,9 +44,11 @@ class JobLogWriter:
         self.written = 0
 
     def append(self, job_id: UUID, attempt: int, at: datetime, level: str,
-               message: str) -> None:
+               message: str, message_key: str | None = None,
+               message_params: Mapping[str, Any] | None = None) -> None:
         with self._lock:
-            self._pending.append(JobLogLine(job_id, attempt, at, level, message))
+            self._pending.append(JobLogLine(job_id, attempt, at, level, message, message_key,
+                                            message_params))
 
     async def run(self) -> None:
         while True:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-_JOB_FIELDS = ("id", "tenant", "job_class", "status", "priority", "owner", "description",
-               "percent_completed", "attempt", "instance_id", "max_retries", "retry_backoff_s",
+_JOB_FIELDS = ("id", "tenant", "job_class", "status", "priority", "owner", "context",
+               "description", "percent_completed", "message", "attempt", "instance_id",
+               "dependency_state", "max_retries", "retry_backoff_s",
                "failures", "reschedules", "run_after", "expiration_date", "created_at",
                "queued_at", "claimed_at", "started_at", "ended_at", "error_type", "error_message")
 
@@ -33,6 +34,7 @@ def render_job(job: dict[str, Any], runs: Sequence[dict[str, Any]],
     out.append("parameters:")
     params = job.get("parameters") or {}
     out += [f"  {name} = {json.dumps(value)}" for name, value in params.items()] or ["  (none)"]
+    out += _composite(job)
     out.append("")
     in_progress = job.get("status") in ("TO_BE_RUN", "RUNNING")
     out.append(f"attempts ({len(runs) + in_progress}):")
@@ -62,3 +64,20 @@ def render_job(job: dict[str, Any], runs: Sequence[dict[str, Any]],
         out.append(f"  [{line['attempt']}] {_text(line['at'])} {line['level'].upper():<8} "
                    f"{line['message']}")
     return "\n".join(out)
+
+
+def _composite(job: dict[str, Any]) -> list[str]:
+    """Elements, environment, dependencies, dependents and on_success submissions."""
+    out: list[str] = []
+    for name in ("selected_elements", "environment"):
+        if job.get(name) is not None:
+            out.append(f"{name:<18} {json.dumps(job[name])}")
+    for title, key in (("depends on", "depends_on"), ("dependents", "dependents")):
+        if job.get(key):
+            out.append(f"{title}:")
+            out += [f"  {d['id']}  {d['status']:<9}  {d['job_class']}" for d in job[key]]
+    if job.get("on_success"):
+        out.append("on success:")
+        out += [f"  {s['id']}  {s['job_class']}  (tenant {s['tenant']})"
+                for s in job["on_success"]]
+    return out

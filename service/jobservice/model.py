@@ -56,14 +56,40 @@ class ErrorType(enum.StrEnum):
     RESULT_NOT_SERIALIZABLE = "result_not_serializable"
     RESCHEDULED_TOO_OFTEN = "rescheduled_too_often"
     HOOK_FAILED = "hook_failed"
+    DEPENDENCY_FAILED = "dependency_failed"
 
 
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
+# A context names a message catalog domain (`messages/<context>.<locale>.yaml`).
+CONTEXT_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
+DEFAULT_CONTEXT = "admin"
+# The built-in job type that runs a submission's `steps`.
+STEPS_JOB_CLASS = "jobservice.steps"
 
-# Submission fields that later issues add; refused with a clear error until they exist.
-FUTURE_SUBMIT_FIELDS = frozenset(
-    {"steps", "selected_elements", "environment", "depends_on", "on_success", "context"}
-)
+# Submission fields that later issues add are refused with a clear error until they exist
+# (none left: every field the contract names is implemented).
+FUTURE_SUBMIT_FIELDS: frozenset[str] = frozenset()
+
+
+class Step(BaseModel):
+    """One step of a multi-step job: a registered job type and its parameters (`config`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200, description="Unique within the job.")
+    job_class: str = Field(min_length=1, max_length=200,
+                           description="A registered job type (not jobservice.steps).")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Validated by the step job type's parameter model.")
+
+
+class SelectedElement(BaseModel):
+    """An element a user selected for the job to work on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(min_length=1, max_length=200)
+    id: str | int
 
 
 class SubmitMessage(BaseModel):
@@ -89,6 +115,25 @@ class SubmitMessage(BaseModel):
                     "default: the job type's.")
     run_after: AwareDatetime | None = Field(
         default=None, description="Not before: the job is QUEUED but not started earlier.")
+    context: str = Field(
+        default=DEFAULT_CONTEXT, pattern=CONTEXT_PATTERN,
+        description="Who the job is for (`admin`, a portal...): kept on the job and its runs, "
+                    "in events, and the domain of its message catalog.")
+    steps: list[Step] | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="Steps run one after the other in this job; needs job_class "
+                    "jobservice.steps and no parameters.")
+    selected_elements: list[SelectedElement] | None = Field(
+        default=None, max_length=100_000, description="The elements the job works on.")
+    environment: dict[str, Any] | None = Field(
+        default=None, description="Data a user entered, handed to the job (and every step).")
+    depends_on: list[UUID] | None = Field(
+        default=None, max_length=1000,
+        description="Ids of existing jobs: this one waits PENDING until they all SUCCEEDED; "
+                    "ends ABORTED (dependency_failed) if one ends FAILED or ABORTED.")
+    on_success: list[SubmitMessage] | None = Field(
+        default=None, max_length=100,
+        description="Submissions created (and queued) only when this job SUCCEEDED.")
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +145,20 @@ class SubmitMessage(BaseModel):
                     f"field(s) {', '.join(pending)} are not supported by this version yet"
                 )
         return data
+
+    @model_validator(mode="after")
+    def _check_composite(self) -> SubmitMessage:
+        if self.steps is not None:
+            if self.job_class != STEPS_JOB_CLASS:
+                raise ValueError(f"a job with steps has job_class {STEPS_JOB_CLASS!r}")
+            if self.parameters:
+                raise ValueError("a job with steps takes no parameters (each step has a config)")
+            names = [step.name for step in self.steps]
+            if len(set(names)) != len(names):
+                raise ValueError("step names must be unique within the job")
+        if self.initial_status == "PENDING" and self.depends_on:
+            raise ValueError("initial_status PENDING cannot be combined with depends_on")
+        return self
 
 
 class ControlMessage(BaseModel):
@@ -138,6 +197,15 @@ class EventError(BaseModel):
     stack_trace: str | None = None
 
 
+class EventLocalizedMessage(BaseModel):
+    """A message key of the job's catalog domain (its context) and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class EventMessage(BaseModel):
     """A status change (`<tenant>.<status>`) or progress (`<tenant>.progress`) event."""
 
@@ -154,6 +222,9 @@ class EventMessage(BaseModel):
     owner: str | None = None
     error: EventError | None = None
     result: Any = None
+    context: str | None = None
+    message: EventLocalizedMessage | None = Field(
+        default=None, description="The job's current message, untranslated (ctx.message).")
 
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {

@@ -3,6 +3,7 @@ writes each final status (batched) before freeing the slot."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -19,13 +20,22 @@ from pydantic import BaseModel, ValidationError
 
 from jobservice.batching import BatchWriter, retry_transient
 from jobservice.hooks import HookFailed, HookJob, Hooks
+from jobservice.i18n import DEFAULT_CATALOGS, MessageCatalogs
 from jobservice.joblog import JobLogWriter
-from jobservice.jobs.base import AbortWorker, Job, JobContext, JobStopped, Reschedule
+from jobservice.jobs.base import (
+    AbortWorker,
+    Job,
+    JobContext,
+    JobStopped,
+    Reschedule,
+    SelectedElement,
+)
 from jobservice.jobs.registry import JobRegistry, UnknownJobClass
+from jobservice.jobs.steps import StepsJob
 from jobservice.logs import log_transition
 from jobservice.metrics import ServiceMetrics
 from jobservice.model import ErrorType, JobStatus
-from jobservice.progress import CompletionThrottle
+from jobservice.progress import CompletionThrottle, message_fields
 from jobservice.retry import after_failure, reschedule_allowed
 from jobservice.store import ClaimedJob, FinishedRun, JobRef, Store
 
@@ -72,6 +82,7 @@ class WorkerPool:
         log_writer: JobLogWriter | None = None,
         on_abort_worker: Callable[[str], None] = lambda reason: None,
         on_requeued: Callable[[], None] = lambda: None,
+        catalogs: MessageCatalogs = DEFAULT_CATALOGS,
     ) -> None:
         self.capacity = capacity
         self._policy = policy
@@ -79,6 +90,7 @@ class WorkerPool:
         self._log_writer = log_writer
         self._on_abort_worker = on_abort_worker
         self._on_requeued = on_requeued
+        self._catalogs = catalogs
         self._instance_id = instance_id
         self._store = store
         self._registry = registry
@@ -149,15 +161,22 @@ class WorkerPool:
         self._release(len(prepared) - len(started))
         for row in started:
             claim, job = prepared[row.id]
-            ctx = JobContext(claim.id, claim.tenant, claim.job_class, claim.attempt,
-                             claim.owner, job.completion_count, self._log_writer,
-                             self._policy.job_log_max_lines)
+            ctx = self._context(claim, job)
             log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
             running = RunningJob(claim, ctx)
             self._running[claim.id] = running
             if row.stop_requested:
                 self.cancel(claim.id, "stop")
             self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
+
+    def _context(self, claim: ClaimedJob, job: Job[Any]) -> JobContext:
+        elements = [SelectedElement(str(e["type"]), e["id"])
+                    for e in claim.selected_elements or []]
+        return JobContext(claim.id, claim.tenant, claim.job_class, claim.attempt,
+                          claim.owner, job.completion_count, self._log_writer,
+                          self._policy.job_log_max_lines, context=claim.context,
+                          environment=claim.environment, selected_elements=elements,
+                          renderer=self._catalogs.render)
 
     def record_expired(self, jobs: Sequence[JobRef]) -> None:
         """Jobs the claim found past their expiration date (now FAILED, never run)."""
@@ -174,8 +193,11 @@ class WorkerPool:
             if self._hooks:
                 raw = await self._hooks.before(_hook_job(claim), raw)
             parameters = job_type.Parameters.model_validate(raw)
-            return job_type(parameters)
-        except (UnknownJobClass, ValidationError, HookFailed) as exc:
+            job = job_type(parameters)
+            if isinstance(job, StepsJob):
+                job.build(self._registry)
+            return job
+        except (UnknownJobClass, ValidationError, HookFailed, ValueError) as exc:
             error = (ErrorType.UNKNOWN_JOB_CLASS if isinstance(exc, UnknownJobClass)
                      else ErrorType.HOOK_FAILED if isinstance(exc, HookFailed)
                      else ErrorType.INVALID_PARAMETERS)
@@ -235,6 +257,7 @@ class WorkerPool:
                                           percent=ctx.percent_completed,
                                           error_type=ErrorType.STOPPED.value,
                                           error_message="stopped while running")
+                outcome = _with_message(ctx, outcome)
                 applied = await self._finisher.submit(outcome)
                 if claim.id in applied:
                     self._count_outcome(claim, outcome, time.monotonic() - started)
@@ -286,7 +309,8 @@ class WorkerPool:
         except Exception as exc:
             if running.cancel_reason is not None:
                 return None
-            return self._failure(claim, ctx, type(exc).__name__,
+            return self._failure(claim, ctx,
+                                 str(getattr(exc, "error_type", type(exc).__name__))[:200],
                                  str(exc)[:10_000] or repr(exc),
                                  "".join(traceback.format_exception(exc))[-50_000:])
         if running.cancel_reason is not None:
@@ -324,6 +348,14 @@ class WorkerPool:
         return FinishedRun(claim.id, claim.attempt, JobStatus.QUEUED,
                            percent=ctx.percent_completed, error_message=str(request)[:10_000],
                            delay_s=request.delay_s, rescheduled=1)
+
+
+def _with_message(ctx: JobContext, outcome: FinishedRun) -> FinishedRun:
+    """The job's last message goes with its final write."""
+    key, params = message_fields(ctx.current_message)
+    if key is None:
+        return outcome
+    return dataclasses.replace(outcome, message_key=key, message_params_json=params)
 
 
 def _hook_job(claim: ClaimedJob) -> HookJob:

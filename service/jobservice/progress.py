@@ -1,12 +1,14 @@
-"""Completion throttle: collects `ctx.advance()` and writes each job's percentage at most
-once per period, all due jobs in one statement."""
+"""Completion throttle: collects `ctx.advance()` and `ctx.message()` and writes each job's
+percentage and current message at most once per period, all due jobs in one statement."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -22,6 +24,14 @@ class _Tracked:
     ctx: JobContext
     written_percent: int
     written_at: float
+    written_message: tuple[str, dict[str, Any]] | None = None
+
+
+def message_fields(message: tuple[str, dict[str, Any]] | None) -> tuple[str | None, str | None]:
+    """(key, params as JSON) of a job's current message, for the database."""
+    if message is None:
+        return None, None
+    return message[0], json.dumps(message[1], default=str)
 
 
 class CompletionThrottle:
@@ -55,8 +65,11 @@ class CompletionThrottle:
         owed: list[CompletionWrite] = []
         for job_id, tracked in self._jobs.items():
             percent = tracked.ctx.percent_completed
-            if percent != tracked.written_percent and now - tracked.written_at >= self._period:
-                owed.append(CompletionWrite(job_id, tracked.ctx.attempt, percent))
+            message = tracked.ctx.current_message
+            changed = percent != tracked.written_percent or message != tracked.written_message
+            if changed and now - tracked.written_at >= self._period:
+                key, params = message_fields(message)
+                owed.append(CompletionWrite(job_id, tracked.ctx.attempt, percent, key, params))
         return owed
 
     def mark_written(self, writes: Sequence[CompletionWrite]) -> None:
@@ -66,6 +79,8 @@ class CompletionThrottle:
             if tracked is not None:
                 tracked.written_percent = write.percent
                 tracked.written_at = now
+                if write.message_key is not None:
+                    tracked.written_message = tracked.ctx.current_message
 
     async def flush_due(self) -> int:
         owed = self.due()

@@ -15,6 +15,7 @@ from jobservice.config import Settings, mask_url
 from jobservice.control import ControlHandler
 from jobservice.hooks import Hooks
 from jobservice.http import METRICS_CONTENT_TYPE, HttpServer
+from jobservice.i18n import MessageCatalogs
 from jobservice.intake import Intake
 from jobservice.joblog import JobLogWriter
 from jobservice.jobs.registry import JobRegistry
@@ -152,7 +153,8 @@ class JobService:
                                            s.job_log_max_lines),
                           hooks=self.hooks, log_writer=job_log,
                           on_abort_worker=self._abort_worker,
-                          on_requeued=lambda: scheduler.wake())
+                          on_requeued=lambda: scheduler.wake(),
+                          catalogs=MessageCatalogs(s.message_dirs))
         scheduler = Scheduler(
             store, pool, s.instance_id, s.poll_interval_s,
             ClaimFilter(_tuple(s.tenants), _tuple(s.exclude_tenants), _tuple(s.job_types)),

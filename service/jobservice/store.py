@@ -12,9 +12,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from jobservice.joblog import JobLogLine
-from jobservice.model import JobStatus
+from jobservice.model import DEFAULT_CONTEXT, JobStatus
 from jobservice.resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,18 @@ class NewJob:
     max_retries: int = 0
     retry_backoff_s: float = 1.0
     run_after: datetime | None = None
+    context: str = DEFAULT_CONTEXT
+    # A composite submission (dependencies, on_success, elements, environment) in the
+    # normalized JSON form stored by `jobservice_submit_job`; None for a plain one.
+    spec: dict[str, Any] | None = None
+    # Dependencies on jobs outside this submission (they must exist), and the tenants of
+    # its on_success submissions (access control).
+    external_dependencies: frozenset[UUID] = frozenset()
+    other_tenants: frozenset[str] = frozenset()
+
+    @property
+    def tenants(self) -> frozenset[str]:
+        return self.other_tenants | {self.tenant}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,9 @@ class ClaimedJob:
     retry_backoff_s: float = 1.0
     failures: int = 0  # automatic retries so far
     reschedules: int = 0
+    context: str = DEFAULT_CONTEXT
+    selected_elements: list[dict[str, Any]] | None = None
+    environment: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +151,8 @@ class FinishedRun:
     delay_s: float | None = None
     failed: int = 0  # 1: an automatic retry (counts against max_retries)
     rescheduled: int = 0  # 1: a Reschedule (counts against the reschedule cap)
+    message_key: str | None = None
+    message_params_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +160,8 @@ class CompletionWrite:
     id: UUID
     attempt: int
     percent: int
+    message_key: str | None = None
+    message_params_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +177,20 @@ class OutboxEvent:
 class InsertOutcome:
     created: frozenset[UUID]
     existing: dict[UUID, JobStatus]
+    # the status each created job got (a composite one may be PENDING, QUEUED or ABORTED)
+    statuses: dict[UUID, JobStatus] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """`jobservice jobs list` filters; None matches anything."""
+
+    tenant: str | None = None
+    statuses: Sequence[str] | None = None
+    job_class: str | None = None
+    owner: str | None = None
+    context: str | None = None
+    dependency_state: str | None = None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -238,28 +272,27 @@ class Store:
     # -- intake ---------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> InsertOutcome:
-        """Create the jobs not yet known (one statement), notify claimers, report duplicates."""
-        param_ids: list[UUID] = []
-        param_names: list[str] = []
-        param_values: list[str] = []
-        for job in jobs:
-            for name, value in job.parameters.items():
-                param_ids.append(job.id)
-                param_names.append(name)
-                param_values.append(json.dumps(value))
+        """Create the jobs not yet known (one statement for the plain ones, then one per
+        composite one, in order, in the same transaction), notify claimers, report
+        duplicates."""
+        plain = [j for j in jobs if j.spec is None]
+        composite = [j for j in jobs if j.spec is not None]
+        statuses: dict[UUID, JobStatus] = {}
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                QUERIES["insert_jobs"],
-                [j.id for j in jobs], [j.tenant for j in jobs], [j.job_class for j in jobs],
-                [j.status.value for j in jobs], [j.priority for j in jobs],
-                [j.description for j in jobs], [j.owner for j in jobs],
-                [j.expiration_date for j in jobs], param_ids, param_names, param_values,
-                [j.at_most_once for j in jobs], [j.max_retries for j in jobs],
-                [j.retry_backoff_s for j in jobs], [j.run_after for j in jobs],
-            )
-            self.statements += 1
-            created = frozenset(r["id"] for r in rows)
-            if any(j.id in created and j.status is JobStatus.QUEUED for j in jobs):
+            created_ids: set[UUID] = set()
+            if plain:
+                created_ids.update(await self._insert_plain(conn, plain))
+                statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+            for job in composite:
+                row = await conn.fetchrow(QUERIES["submit_job"], job.spec)  # jsonb codec
+                self.statements += 1
+                assert row is not None
+                if row["created"]:
+                    created_ids.add(job.id)
+                    statuses[job.id] = JobStatus(row["status"])
+            created = frozenset(created_ids)
+            # jobservice_submit_job notifies by itself
+            if any(j.id in created and j.status is JobStatus.QUEUED for j in plain):
                 await conn.execute(QUERIES["notify_work"])
                 self.statements += 1
         if created:
@@ -268,7 +301,34 @@ class Store:
         duplicates = [j.id for j in jobs if j.id not in created]
         if duplicates:
             existing = await self.job_statuses(duplicates)
-        return InsertOutcome(created, existing)
+        return InsertOutcome(created, existing, statuses)
+
+    async def _insert_plain(self, conn: PoolConnectionProxy, jobs: Sequence[NewJob]
+                            ) -> set[UUID]:
+        param_ids: list[UUID] = []
+        param_names: list[str] = []
+        param_values: list[str] = []
+        for job in jobs:
+            for name, value in job.parameters.items():
+                param_ids.append(job.id)
+                param_names.append(name)
+                param_values.append(json.dumps(value))
+        rows = await conn.fetch(
+            QUERIES["insert_jobs"],
+            [j.id for j in jobs], [j.tenant for j in jobs], [j.job_class for j in jobs],
+            [j.status.value for j in jobs], [j.priority for j in jobs],
+            [j.description for j in jobs], [j.owner for j in jobs],
+            [j.expiration_date for j in jobs], param_ids, param_names, param_values,
+            [j.at_most_once for j in jobs], [j.max_retries for j in jobs],
+            [j.retry_backoff_s for j in jobs], [j.run_after for j in jobs],
+            [j.context for j in jobs],
+        )
+        self.statements += 1
+        return {r["id"] for r in rows}
+
+    async def existing_job_ids(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of `ids` are jobs (to refuse dependencies on unknown ones)."""
+        return {r["id"] for r in await self._fetch("existing_job_ids", list(ids))}
 
     async def job_statuses(self, ids: Sequence[UUID]) -> dict[UUID, JobStatus]:
         rows = await self._fetch("job_statuses", list(ids))
@@ -293,7 +353,8 @@ class Store:
                 created_at=r["created_at"], queued_at=r["queued_at"],
                 parameters=r["parameters"] or {}, max_retries=r["max_retries"],
                 retry_backoff_s=r["retry_backoff_s"], failures=r["failures"],
-                reschedules=r["reschedules"],
+                reschedules=r["reschedules"], context=r["context"],
+                selected_elements=r["selected_elements"], environment=r["environment"],
             )
             for r in rows if r["status"] == JobStatus.TO_BE_RUN
         ]
@@ -321,6 +382,7 @@ class Store:
                 [r.error_message for r in runs], [r.stack_trace for r in runs],
                 [r.result_json for r in runs], instance_id, [r.delay_s for r in runs],
                 [r.failed for r in runs], [r.rescheduled for r in runs],
+                [r.message_key for r in runs], [r.message_params_json for r in runs],
             )
             self.statements += 1
             if any(r["status"] == JobStatus.QUEUED for r in rows):
@@ -334,7 +396,8 @@ class Store:
         await self._execute(
             "write_completion",
             [w.id for w in writes], [w.attempt for w in writes], [w.percent for w in writes],
-            instance_id,
+            instance_id, [w.message_key for w in writes],
+            [w.message_params_json for w in writes],
         )
 
     async def fail_claimed(self, job_id: UUID, instance_id: str, error_type: str,
@@ -424,6 +487,10 @@ class Store:
         if rows:
             self.on_events_written()
         return [JobRef(r["id"], r["tenant"], r["job_class"]) for r in rows]
+    async def unfinished_dependencies(self, job_id: UUID) -> list[tuple[UUID, JobStatus]]:
+        """The dependencies of a job that have not SUCCEEDED."""
+        return [(r["id"], JobStatus(r["status"]))
+                for r in await self._fetch("unfinished_dependencies", job_id)]
 
     async def job_status(self, job_id: UUID) -> JobStatus | None:
         async with self._pool.acquire() as conn:
@@ -452,9 +519,33 @@ class Store:
         return [dict(r) for r in await self._fetch("job_log_tail", job_id, lines)]
 
     async def insert_job_logs(self, lines: Sequence[JobLogLine]) -> None:
-        await self._execute("insert_job_logs", [ln.job_id for ln in lines],
-                            [ln.attempt for ln in lines], [ln.at for ln in lines],
-                            [ln.level for ln in lines], [ln.message for ln in lines])
+        await self._execute(
+            "insert_job_logs", [ln.job_id for ln in lines], [ln.attempt for ln in lines],
+            [ln.at for ln in lines], [ln.level for ln in lines], [ln.message for ln in lines],
+            [ln.message_key for ln in lines],
+            [None if ln.message_key is None else json.dumps(ln.message_params or {},
+                                                            default=str) for ln in lines])
+
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int
+                        ) -> list[dict[str, Any]]:
+        rows = await self._fetch(
+            "list_jobs", where.tenant, list(where.statuses) if where.statuses else None,
+            where.job_class, where.owner, where.context, where.dependency_state, limit, offset)
+        return [dict(r) for r in rows]
+
+    async def job_details(self, job_id: UUID, log_lines: int = 20) -> dict[str, Any] | None:
+        """The job with its parameters, dependencies, dependents, on_success submissions,
+        attempts and the end of its log (`jobservice jobs show`)."""
+        job = await self.get_job(job_id)
+        if job is None:
+            return None
+        job["depends_on"] = [dict(r) for r in await self._fetch("job_dependencies", job_id)]
+        job["dependents"] = [dict(r) for r in await self._fetch("job_dependents", job_id)]
+        job["on_success"] = [r["submission"] for r in await self._fetch("job_on_success",
+                                                                          job_id)]
+        job["runs"] = await self.job_runs(job_id)
+        job["log"] = await self.job_log_tail(job_id, log_lines)
+        return job
 
     # -- outbox ---------------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ def test_the_installed_package_ships_sql_and_schemas() -> None:
     assert (resource_dir("sql") / "001_init.sql").is_file()
     assert (resource_dir("sql") / "queries.sql").is_file()
     assert (resource_dir("schemas") / "submit.schema.json").is_file()
+    import jobservice.i18n
+
+    shipped = Path(jobservice.i18n.__file__).parent / "messages"
+    assert "site-packages" in str(shipped)  # the installed package, not the checkout
+    assert {"admin.en.yaml", "admin.de.yaml", "common.en.yaml"} <= {
+        p.name for p in shipped.glob("*.yaml")}
 
 
 async def test_every_named_query_prepares(db: asyncpg.Connection) -> None:

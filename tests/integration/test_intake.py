@@ -55,12 +55,6 @@ async def test_bad_submission_is_refused_dead_lettered_and_the_service_goes_on(
         await wait_for_status(events, ok.id, "SUCCEEDED")  # type: ignore[arg-type]
 
 
-async def test_future_field_is_refused_by_name(service: JobService, client: JobClient) -> None:
-    reply = await client.submit_raw({**NOOP, "depends_on": [str(uuid.uuid4())]})
-    assert reply is not None and reply.error is not None
-    assert "depends_on" in json.dumps(reply.error.model_dump())
-
-
 async def test_oversized_message_is_refused(
     start_service: ServiceFactory, client: JobClient, namespace: str, db: asyncpg.Connection
 ) -> None:

@@ -149,3 +149,63 @@ class AbortWorkerJob(Job[AttemptParameters]):
         if ctx.attempt < self.parameters.succeed_on_attempt:
             raise AbortWorker("lost the connection to the shared storage")
         return {"attempt": ctx.attempt}
+class RecordParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    advances: int = Field(default=4, ge=1)
+    seconds: float = Field(default=0.2, ge=0)
+
+
+class RecordStepJob(Job[RecordParameters]):
+    """Returns what it was given (a blocking step: runs in a worker thread)."""
+
+    name = "tests.record_step"
+    Parameters = RecordParameters
+
+    def __init__(self, parameters: RecordParameters) -> None:
+        super().__init__(parameters)
+        self.completion_count = parameters.advances
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        for _ in range(self.parameters.advances):
+            time.sleep(self.parameters.seconds / self.parameters.advances)
+            ctx.advance()
+        return {
+            "label": self.parameters.label,
+            "step": [ctx.step_index, ctx.step_name],
+            "environment": dict(ctx.environment),
+            "elements": [[e.type, e.id] for e in ctx.selected_elements],
+            "earlier": dict(ctx.results),
+            "context": ctx.context,
+            "owner": ctx.owner,
+        }
+
+
+class MessagesParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[tuple[str, dict[str, Any]]] = Field(default_factory=list)
+
+
+class MessagesJob(Job[MessagesParameters]):
+    """Sets each message in turn (`ctx.message(key, **params)`)."""
+
+    name = "tests.messages"
+    Parameters = MessagesParameters
+
+    async def run(self, ctx: JobContext) -> None:
+        for key, params in self.parameters.messages:
+            ctx.message(key, **params)
+            await anyio.sleep(0.01)
+
+
+class FailFirstJob(Job[NoParameters]):
+    """Fails its first attempt, succeeds afterwards."""
+
+    name = "tests.fail_first"
+
+    async def run(self, ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return "ok"

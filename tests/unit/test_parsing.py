@@ -53,10 +53,43 @@ def test_bad_input_is_rejected_with_its_code(body: object, code: str) -> None:
     assert result.code == code, result
 
 
-def test_future_fields_are_refused_by_name() -> None:
-    result = parse({"tenant": "a", "job_class": "jobservice.noop", "depends_on": []})
-    assert isinstance(result, Rejection) and result.code == "invalid_message"
-    assert "depends_on" in json.dumps(result.details)
+def test_composite_fields_become_a_normalized_submission() -> None:
+    parent, existing = uuid.uuid4(), uuid.uuid4()
+    result = parse({"id": str(parent), "tenant": "a", "job_class": "jobservice.steps",
+                    "context": "portal", "environment": {"k": 1},
+                    "selected_elements": [{"type": "file", "id": 3}],
+                    "steps": [{"name": "s", "job_class": "jobservice.sleep",
+                               "config": {"seconds": 0}}],
+                    "on_success": [{"tenant": "b", "job_class": "jobservice.noop",
+                                    "depends_on": [str(existing), str(parent)]}]},
+                   max_bytes=100_000)
+    assert isinstance(result, NewJob) and result.spec is not None
+    assert result.context == "portal" and result.tenants == {"a", "b"}
+    assert result.parameters == {"steps": [{"name": "s", "job_class": "jobservice.sleep",
+                                            "config": {"seconds": 0.0, "ticks": 10}}]}
+    [child] = result.spec["on_success"]
+    assert uuid.UUID(child["id"])  # assigned at submission
+    assert child["context"] == "admin" and child["status"] == "QUEUED"
+    assert result.external_dependencies == {existing}  # the parent is part of the submission
+    plain = parse({"tenant": "a", "job_class": "jobservice.noop", "depends_on": []})
+    assert isinstance(plain, NewJob) and plain.spec is None
+
+
+@pytest.mark.parametrize(("extra", "code"), [
+    ({"depends_on": ["{self}"]}, "dependency_cycle"),
+    ({"initial_status": "PENDING", "depends_on": [str(uuid.uuid4())]}, "invalid_message"),
+    ({"on_success": [{"tenant": "a", "job_class": "jobservice.noop",
+                      "initial_status": "PENDING"}]}, "invalid_message"),
+    ({"steps": [{"name": "x", "job_class": "jobservice.noop"}]}, "invalid_message"),
+    ({"on_success": [{"tenant": "a", "job_class": "nope"}]}, "unknown_job_class"),
+])
+def test_composite_submissions_that_cannot_work_are_refused(extra: dict[str, object],
+                                                            code: str) -> None:
+    job_id = str(uuid.uuid4())
+    body = json.loads(json.dumps({"id": job_id, "tenant": "a", "job_class": "jobservice.noop",
+                                  **extra}).replace("{self}", job_id))
+    result = parse(body)
+    assert isinstance(result, Rejection) and result.code == code, result
 
 
 def test_retry_policy_and_run_after_are_taken_from_the_submission() -> None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
+
+from jobservice.model import DEFAULT_CONTEXT
+
+log = logging.getLogger(__name__)
+
+# Renders a message key of a domain in English: (domain, key, params) -> text.
+Renderer = Callable[[str, str, Mapping[str, Any]], str]
 
 
 class NoParameters(BaseModel):
@@ -59,13 +68,30 @@ def log_level_name(level: int | str) -> str:
 
 
 class JobLogSink(Protocol):
-    """Receives the lines of `ctx.log` (from any thread); writes them in batches."""
+    """Receives the lines of `ctx.log` and `ctx.message` (from any thread); writes them in
+    batches. A line of `ctx.message` keeps its key and parameters (to render it again in
+    another locale)."""
 
     def append(self, job_id: UUID, attempt: int, at: datetime, level: str,
-               message: str) -> None: ...
+               message: str, message_key: str | None = None,
+               message_params: Mapping[str, Any] | None = None) -> None: ...
 
 
 MAX_LOG_MESSAGE_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedElement:
+    """An element the user selected (`selected_elements` of the submission)."""
+
+    type: str
+    id: str | int
+
+
+def _default_renderer(domain: str, key: str, params: Mapping[str, Any]) -> str:
+    from jobservice.i18n import DEFAULT_CATALOGS
+
+    return DEFAULT_CATALOGS.render(domain, key, params)
 
 
 class JobContext:
@@ -77,7 +103,11 @@ class JobContext:
 
     def __init__(self, job_id: UUID, tenant: str, job_class: str, attempt: int,
                  owner: str | None, completion_count: int, log_sink: JobLogSink | None = None,
-                 max_log_lines: int = 1000) -> None:
+                 max_log_lines: int = 1000, *,
+                 context: str = DEFAULT_CONTEXT,
+                 environment: Mapping[str, Any] | None = None,
+                 selected_elements: Sequence[SelectedElement] = (),
+                 renderer: Renderer | None = None) -> None:
         self.job_id = job_id
         self.tenant = tenant
         self.job_class = job_class
@@ -91,6 +121,17 @@ class JobContext:
         self._log_lock = threading.Lock()
         self.log_lines = 0  # written (or waiting to be) in this attempt
         self.log_lines_dropped = 0
+        # Who the job is for (its message catalog domain), what the user entered and chose.
+        self.context = context
+        self.environment: Mapping[str, Any] = dict(environment or {})
+        self.selected_elements: tuple[SelectedElement, ...] = tuple(selected_elements)
+        # In a step of a multi-step job: its position and name, and the results of the
+        # steps before it by step name. Outside steps: None, None and {}.
+        self.step_index: int | None = None
+        self.step_name: str | None = None
+        self.results: Mapping[str, Any] = {}
+        self._renderer = renderer or _default_renderer
+        self._message: tuple[str, dict[str, Any]] | None = None
 
     def log(self, level: int | str, message: str) -> None:
         """Write a line to this job's log (`t_job_log`, shown by `jobservice jobs show`).
@@ -98,6 +139,10 @@ class JobContext:
         Cheap and safe from any thread: lines are written in batches. At most
         `JOBSERVICE_JOB_LOG_MAX_LINES` lines per attempt (the rest are counted, and the
         count is logged at the end) and 4000 characters per line."""
+        self._log(log_level_name(level), str(message), None, None)
+
+    def _log(self, level: str, message: str, key: str | None,
+             params: Mapping[str, Any] | None) -> None:
         with self._log_lock:
             if self._log_room <= 0:
                 self.log_lines_dropped += 1
@@ -105,8 +150,20 @@ class JobContext:
             self._log_room -= 1
             self.log_lines += 1
         if self._log_sink is not None:
-            self._log_sink.append(self.job_id, self.attempt, datetime.now(UTC),
-                                  log_level_name(level), str(message)[:MAX_LOG_MESSAGE_CHARS])
+            self._log_sink.append(self.job_id, self.attempt, datetime.now(UTC), level,
+                                  message[:MAX_LOG_MESSAGE_CHARS], key, params)
+
+    def message(self, key: str, **params: Any) -> None:
+        """Set the job's current message: a key of its context's catalog and parameters,
+        stored untranslated (and sent in events), rendered in each reader's locale. Also
+        appends the English rendering to the job's log (key and parameters kept)."""
+        self._message = (key, dict(params))
+        self._log("info", self._renderer(self.context, key, params), key, dict(params))
+
+    @property
+    def current_message(self) -> tuple[str, dict[str, Any]] | None:
+        """(key, params) of the last `message()`, or None."""
+        return self._message
 
     def close_log(self) -> None:
         """End of the attempt: say how many lines did not fit."""

@@ -69,10 +69,11 @@ class JobRegistry:
     @classmethod
     def default(cls, job_modules: Iterable[str] = ()) -> JobRegistry:
         """Built-ins, then entry points, then `JOBSERVICE_JOB_MODULES`."""
-        from jobservice.jobs import builtin
+        from jobservice.jobs import builtin, steps
 
         registry = cls()
         registry.register_module(builtin)
+        registry.register_module(steps)
         registry.load_entry_points()
         for name in job_modules:
             registry.register_module(name)
