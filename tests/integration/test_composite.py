@@ -15,6 +15,7 @@ from jobservice.model import EventMessage
 from jobservice.service import JobService
 from tests.conftest import ServiceFactory, wait_for_all, wait_for_status
 from tests.support.amqp import read_queue
+from tests.support.processes import cli_output
 
 ELEMENTS = [{"type": "file", "id": 7}, {"type": "dataset", "id": "ds-1"}]
 ENVIRONMENT = {"comment": "entered by a user", "threshold": 3}
@@ -180,7 +181,7 @@ async def test_a_chain_a_b_c_runs_in_order(
 
 
 async def test_a_failing_a_aborts_b_and_c_and_a_retry_of_a_brings_them_back(
-    service: JobService, client: JobClient, db: asyncpg.Connection
+    service: JobService, client: JobClient, db: asyncpg.Connection, database_url: str
 ) -> None:
     async with client.subscribe("#") as events:
         a = await client.submit("alpha", "tests.fail_first", pending=True)
@@ -200,8 +201,10 @@ async def test_a_failing_a_aborts_b_and_c_and_a_retry_of_a_brings_them_back(
         refused = await client.control("retry", c.id, check=False)
         assert refused is not None and refused.error is not None
         assert str(b.id) in refused.error.message and "ABORTED" in refused.error.message
-        # a retry of A that succeeds re-queues B, then C (chosen behaviour, see README)
-        await client.retry(a.id)
+        # a bulk kick re-queues A only (B and C wait for it), and A's success re-queues B,
+        # then C (chosen behaviour, see README)
+        kicked = await cli_output(database_url, "jobs", "retry", "--tenant", "alpha")
+        assert f"re-queued {a.id}" in kicked and "1 job(s) re-queued" in kicked
         revived = await wait_for_all(events, [a.id, b.id, c.id], "SUCCEEDED")
     rows = await db.fetch("SELECT id, status, dependency_state FROM t_job_info")
     assert {r["status"] for r in rows} == {"SUCCEEDED"}

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 import uuid
 from typing import Any
 
@@ -15,23 +12,13 @@ import asyncpg
 from jobservice.client import JobClient
 from jobservice.service import JobService
 from tests.conftest import wait_for_status
+from tests.support.processes import cli_output
 
 MESSAGES = [
     ("import.rejected", {"element": "e1", "reason": "bad"}),  # not in admin.de: English
     ("no.such.key", {"x": 1}),  # in no catalog: the key itself
     ("import.progress", {"done": 3, "count": 10}),  # the current message at the end
 ]
-
-
-async def jobservice_cli(database_url: str, *args: str) -> str:
-    """Run the `jobservice` command line (a real process) and return its output."""
-    env = {**os.environ, "JOBSERVICE_DATABASE_URL": database_url}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jobservice.cli", "--log-format", "text", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def test_message_keys_are_stored_sent_and_rendered_in_two_locales_with_fallback(
@@ -56,14 +43,14 @@ async def test_message_keys_are_stored_sent_and_rendered_in_two_locales_with_fal
         "SELECT message FROM t_job_log WHERE job_id = $1 ORDER BY at", reply.id)]
     assert log == ["Element e1 was rejected: bad", "no.such.key", "3 of 10 elements imported"]
 
-    german = await jobservice_cli(database_url, "jobs", "show", str(reply.id), "--locale", "de")
+    german = await cli_output(database_url, "jobs", "show", str(reply.id), "--locale", "de")
     assert "3 von 10 Elementen importiert" in german  # current message and last log line
     assert "Element e1 was rejected: bad" in german  # missing in German: English
     assert "no.such.key" in german  # missing everywhere: the key
     assert "3 of 10 elements imported" not in german
-    english = await jobservice_cli(database_url, "jobs", "show", str(reply.id))
+    english = await cli_output(database_url, "jobs", "show", str(reply.id))
     assert "3 of 10 elements imported" in english and "Elementen" not in english
-    swiss = json.loads(await jobservice_cli(database_url, "jobs", "show", str(reply.id),
+    swiss = json.loads(await cli_output(database_url, "jobs", "show", str(reply.id),
                                             "--locale", "de_CH", "--json"))
     assert swiss["message"] == "3 von 10 Elementen importiert"  # de_CH -> de
     assert [line["message"] for line in swiss["log"]] == [
@@ -80,10 +67,10 @@ async def test_jobs_show_prints_parameters_dependencies_and_steps(
                                      environment={"k": "v"})
         assert second is not None and second.id is not None
         await wait_for_status(events, second.id, "SUCCEEDED")
-    shown = await jobservice_cli(database_url, "jobs", "show", str(second.id))
+    shown = await cli_output(database_url, "jobs", "show", str(second.id))
     assert f"{first.id}  SUCCEEDED" in shown and '{"k": "v"}' in shown
     assert re.search(r"^dependency_state +satisfied$", shown, re.M)
-    first_shown = await jobservice_cli(database_url, "jobs", "show", str(first.id))
+    first_shown = await cli_output(database_url, "jobs", "show", str(first.id))
     assert 'value = "hello"' in first_shown and re.search(r"^owner +dora$", first_shown, re.M)
     assert f"{second.id}  SUCCEEDED" in first_shown  # its dependents
 
@@ -111,7 +98,7 @@ async def test_jobs_list_filters_pages_and_prints_a_table(
     assert waiting is not None and other is not None and third is not None
 
     async def listed(*filters: str) -> list[str]:
-        out = json.loads(await jobservice_cli(database_url, "jobs", "list", "--json", *filters))
+        out = json.loads(await cli_output(database_url, "jobs", "list", "--json", *filters))
         return [job["id"] for job in out["jobs"]]
 
     everything = await listed()
@@ -125,13 +112,13 @@ async def test_jobs_list_filters_pages_and_prints_a_table(
     assert await listed("--status", "pending", "--owner", "fred") == [str(third.id),
                                                                       str(other.id)]
     assert await listed("--status", "SUCCEEDED") == []
-    page = json.loads(await jobservice_cli(database_url, "jobs", "list", "--json",
+    page = json.loads(await cli_output(database_url, "jobs", "list", "--json",
                                            "--page-size", "3", "--page", "2"))
     assert [j["id"] for j in page["jobs"]] == [str(blocker.id)] and page["has_more"] is False
-    first_page = json.loads(await jobservice_cli(database_url, "jobs", "list", "--json",
+    first_page = json.loads(await cli_output(database_url, "jobs", "list", "--json",
                                                  "--page-size", "3"))
     assert first_page["has_more"] is True and len(first_page["jobs"]) == 3
-    table = await jobservice_cli(database_url, "jobs", "list", "--context", "portal")
+    table = await cli_output(database_url, "jobs", "list", "--context", "portal")
     header, *rows = table.splitlines()
     assert header.split()[:4] == ["ID", "TENANT", "JOB_CLASS", "STATUS"]
     assert str(waiting.id) in table and "waiting" in table and str(third.id) not in table

@@ -37,6 +37,20 @@ def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+async def cli_output(database_url: str, *args: str) -> str:
+    """`jobservice ARGS...` against the test's database without blocking the event loop;
+    its output (it must exit 0)."""
+    env = {**os.environ, "JOBSERVICE_DATABASE_URL": database_url,
+           "JOBSERVICE_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobservice.cli", "--log-format", "text", *args, env=env,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
