@@ -55,6 +55,9 @@ async def test_message_keys_are_stored_sent_and_rendered_in_two_locales_with_fal
     assert swiss["message"] == "3 von 10 Elementen importiert"  # de_CH -> de
     assert [line["message"] for line in swiss["log"]] == [
         "Element e1 was rejected: bad", "no.such.key", "3 von 10 Elementen importiert"]
+    listed = json.loads(await cli_output(database_url, "jobs", "list", "--json", "--locale",
+                                         "de"))
+    assert [j["message"] for j in listed["jobs"]] == ["3 von 10 Elementen importiert"]
 
 
 async def test_jobs_show_prints_parameters_dependencies_and_steps(

@@ -88,3 +88,28 @@ def test_percent_is_capped_and_floored() -> None:
     job.advance(10)
     assert job.percent_completed == 100
     assert ctx(0).percent_completed == 0
+
+
+async def test_a_new_message_alone_is_written_throttled_like_completion() -> None:
+    clock = Clock()
+    batches: list[list[CompletionWrite]] = []
+
+    async def write(writes: Sequence[CompletionWrite]) -> None:
+        batches.append(list(writes))
+
+    throttle = CompletionThrottle(1.0, write, clock)
+    job = ctx()
+    throttle.track(job)
+    job.message("import.progress", done=1, count=3)
+    clock.now += 1
+    assert await throttle.flush_due() == 1
+    assert batches[-1] == [CompletionWrite(job.job_id, 1, 0, "import.progress",
+                                           '{"done": 1, "count": 3}')]
+    assert await throttle.flush_due() == 0  # unchanged
+    job.message("import.progress", done=2, count=3)
+    job.message("import.progress", done=3, count=3)
+    clock.now += 0.5
+    assert await throttle.flush_due() == 0  # within the period
+    clock.now += 0.5
+    assert await throttle.flush_due() == 1  # only the latest
+    assert batches[-1][0].message_params_json == '{"done": 3, "count": 3}'
