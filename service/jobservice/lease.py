@@ -61,7 +61,8 @@ class LeaseKeeper:
                     self._on_lease_lost()
 
     async def heartbeat(self) -> None:
-        if self.fenced or await self._store.lease_lapsed(self._instance_id):
+        recovered = self.fenced or await self._store.lease_lapsed(self._instance_id)
+        if recovered:
             # Our jobs may be rescued (or run) elsewhere now. Drop them here, then let the
             # normal rescue hand back those still recorded as ours, before we claim again
             # (claims need a live lease, so none happen in between).
@@ -75,6 +76,10 @@ class LeaseKeeper:
         self.last_renewed = time.monotonic()
         self.fenced = False
         await self.rescue()
+        if recovered:
+            # The jobs handed back above were announced while we could not claim: claim now
+            # rather than at the fallback poll.
+            self._on_rescued()
 
     @property
     def lease_age_s(self) -> float:
