@@ -125,10 +125,8 @@ class ControlHandler:
         except Exception as exc:
             log.warning("dead-lettering failed (%s); the message will be redelivered", exc)
             return
-        reply: dict[str, Any] = rejection.reply()
-        if rejection.job_id:
-            reply["id"] = rejection.job_id
-        await answer_and_ack(self._broker, delivery, reply)
+        # Exactly the contract's error reply (section 3): the job id is in the message.
+        await answer_and_ack(self._broker, delivery, rejection.reply())
 
 
 def _not_found(message: ControlMessage) -> Rejection:

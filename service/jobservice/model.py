@@ -7,7 +7,14 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class JobStatus(enum.StrEnum):
@@ -100,17 +107,18 @@ class SubmitMessage(BaseModel):
     id: UUID | None = Field(default=None, description="Producer-chosen id; idempotency key.")
     tenant: str = Field(pattern=TENANT_PATTERN)
     job_class: str = Field(min_length=1, max_length=200)
-    priority: int = Field(default=0, ge=0, le=1000)
+    # JSON types are kept: "10", 10.0 or true is not the integer the contract asks for.
+    priority: int = Field(default=0, ge=0, le=1000, strict=True)
     description: str | None = Field(default=None, max_length=1000)
     owner: str | None = Field(default=None, max_length=1000)
     parameters: dict[str, Any] = Field(default_factory=dict)
     expiration_date: AwareDatetime | None = None
     initial_status: Literal["QUEUED", "PENDING"] = "QUEUED"
     max_retries: int | None = Field(
-        default=None, ge=0, le=1000,
+        default=None, ge=0, le=1000, strict=True,
         description="Automatic retries after a failure; default: the job type's (usually 0).")
     retry_backoff_s: float | None = Field(
-        default=None, ge=0, le=86_400,
+        default=None, ge=0, le=86_400, strict=True,
         description="Base of the exponential retry backoff (with jitter, capped); "
                     "default: the job type's.")
     run_after: AwareDatetime | None = Field(
@@ -134,6 +142,14 @@ class SubmitMessage(BaseModel):
     on_success: list[SubmitMessage] | None = Field(
         default=None, max_length=100,
         description="Submissions created (and queued) only when this job SUCCEEDED.")
+
+    @field_validator("expiration_date", "run_after", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any) -> Any:
+        """An RFC 3339 string (with its offset), not a number of seconds."""
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("must be an RFC 3339 timestamp string")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from jobservice.http import METRICS_CONTENT_TYPE, HttpServer
 from jobservice.i18n import MessageCatalogs
 from jobservice.intake import Intake
 from jobservice.joblog import JobLogWriter
-from jobservice.jobs.registry import JobRegistry
+from jobservice.jobs.registry import COMMAND_JOB_CLASS, JobRegistry
 from jobservice.lease import LeaseKeeper
 from jobservice.limits import WorkerLimits
 from jobservice.listener import DatabaseListener
@@ -66,6 +66,9 @@ class JobService:
         self.settings = settings
         self.registry = registry or JobRegistry.default(settings.job_modules)
         self.hooks = hooks if hooks is not None else Hooks.load(settings.hooks)
+        if settings.command_jobs and COMMAND_JOB_CLASS not in self.registry:
+            log.warning("JOBSERVICE_COMMAND_JOBS is set, but this version has no %s job type: "
+                        "its submissions are refused (unknown_job_class)", COMMAND_JOB_CLASS)
         self.exit_code = 0  # of `jobservice run`: 0, or EXIT_WORKER_ABORTED
         self.stop_reason = ""
         self.metrics = ServiceMetrics()

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobservice.jobs.registry import JobRegistry
+from jobservice.jobs.registry import COMMAND_JOB_CLASS, JobRegistry
 from jobservice.model import STEPS_JOB_CLASS, JobStatus, Step, SubmitMessage
 from jobservice.store import NewJob
 
@@ -137,8 +137,10 @@ def _check_parameters(message: SubmitMessage, registry: JobRegistry, max_paramet
         raise SubmissionRefused("invalid_parameters", f"{len(message.parameters)} parameters; "
                                 f"the limit is {max_parameters}{_where(loc)}")
     if message.job_class not in registry:
-        raise SubmissionRefused("unknown_job_class", f"job_class {message.job_class!r} is not "
-                                f"registered here{_where(loc)}")
+        why = ("command jobs are not available in this version"
+               if message.job_class == COMMAND_JOB_CLASS else "it is not registered here")
+        raise SubmissionRefused("unknown_job_class", f"job_class {message.job_class!r} is "
+                                f"refused: {why}{_where(loc)}")
     if message.steps is not None:
         return {"steps": [_check_step(step, registry, (*loc, "steps", i)).model_dump(mode="json")
                           for i, step in enumerate(message.steps)]}

@@ -15,6 +15,8 @@ from jobservice.jobs.base import Job
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "jobservice.jobs"
+# CONTRACT section 7; enabled by JOBSERVICE_COMMAND_JOBS once it exists (a later issue).
+COMMAND_JOB_CLASS = "jobservice.command"
 
 
 class UnknownJobClass(LookupError):
