@@ -6,9 +6,11 @@ Nothing here goes through `jobservice.client` or the pydantic wire models."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -21,8 +23,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from jobservice.config import Settings
-from tests.conftest import AMQP_URL, ServiceFactory
+from tests.conftest import AMQP_URL, PG_ADMIN_URL, ServiceFactory
 from tests.support.amqp import http_get, read_queue
+from tests.support.processes import spawn_ready
 
 STATUSES = {"PENDING", "QUEUED", "TO_BE_RUN", "RUNNING", "SUCCEEDED", "FAILED", "ABORTED"}
 FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
@@ -59,7 +62,8 @@ class Producer:
     async def publish(self, queue: str, body: bytes, *, reply: bool = True
                       ) -> AbstractIncomingMessage | None:
         correlation_id = uuid.uuid4().hex
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[AbstractIncomingMessage] = (
+            asyncio.get_running_loop().create_future())
         if reply:
             self._replies[correlation_id] = future
         await self._channel.default_exchange.publish(
@@ -377,7 +381,7 @@ async def test_pending_job_waits_for_enqueue_then_runs(
     assert statuses(seen) == ["QUEUED", "TO_BE_RUN", "RUNNING", "SUCCEEDED"]
 
 
-BAD_SUBMISSIONS: list[tuple[bytes | Json, str]] = [
+BAD_SUBMISSIONS: list[tuple[Any, str]] = [
     (b"{not json", "invalid_json"),
     ([1, 2], "invalid_message"),
     ({"job_class": "jobservice.noop"}, "invalid_message"),
@@ -406,6 +410,10 @@ BAD_SUBMISSIONS: list[tuple[bytes | Json, str]] = [
       for name in ("steps", "selected_elements", "environment", "depends_on", "on_success",
                    "context")],
     ({"tenant": "t1", "job_class": "no.such.job"}, "unknown_job_class"),
+    ({"tenant": "t1", "job_class": "jobservice.sleep",
+      "parameters": {"seconds": 1}, "max_retries": "2"}, "invalid_message"),
+    ({"tenant": "t1", "job_class": "jobservice.noop", "run_after": 1893456000},
+     "invalid_message"),
     ({"tenant": "t1", "job_class": "jobservice.command", "parameters": {"argv": ["true"]}},
      "unknown_job_class"),
     ({"tenant": "t1", "job_class": "jobservice.sleep"}, "invalid_parameters"),
@@ -594,3 +602,61 @@ async def test_http_endpoints(service: Any, producer: Producer) -> None:
     assert names and all(name.startswith("jobservice_") for name in names), names
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert samples and all(line.startswith("jobservice_") for line in samples)
+
+
+# -- section 6: completion writes; section 1: `jobservice run`, migrations at start ---------
+
+async def test_completion_is_written_at_most_once_per_period(
+    start_service: ServiceFactory, producer: Producer, namespace: str
+) -> None:
+    rate_ms = 300
+    await start_service(completion_update_rate_ms=rate_ms)
+    async with Subscriber(namespace, "t5.running", "#.progress", "t5.succeeded") as events:
+        job_id = (await producer.submit({"tenant": "t5", "job_class": "jobservice.sleep",
+                                         "parameters": {"seconds": 1.5, "ticks": 30}}))["id"]
+        seen = await events.until(job_id, "SUCCEEDED")
+    assert seen[0][0].routing_key == "t5.running"
+    progress = [e for m, e in seen if m.routing_key == "t5.progress"]
+    assert 1 <= len(progress) <= 1.5 / (rate_ms / 1000) + 1, progress
+    # RUNNING, then each progress write at least one period after the previous write
+    ats = [datetime.fromisoformat(e["at"].replace("Z", "+00:00"))
+           for e in [seen[0][1], *progress]]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ats)]
+    assert all(gap >= rate_ms / 1000 - 0.01 for gap in gaps), gaps
+    assert seen[-1][1]["percent_completed"] == 100  # the final write
+
+
+@pytest.fixture
+async def empty_database_url() -> AsyncIterator[str]:
+    name = f"jst_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(f"{PG_ADMIN_URL}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG_ADMIN_URL}/{name}"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_jobservice_run_migrates_an_empty_database_serves_and_stops_on_sigint(
+    empty_database_url: str, namespace: str, producer: Producer
+) -> None:
+    proc = await spawn_ready(empty_database_url, namespace)
+    try:
+        async with Subscriber(namespace, "*.succeeded") as events:
+            reply = await producer.submit({"tenant": "t6", "job_class": "jobservice.noop"})
+            assert reply["ok"] is True
+            await events.until(reply["id"], "SUCCEEDED")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        tables = {r["table_name"] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        assert {"t_job_info", "t_job_parameters"} <= tables
+        assert await conn.fetchval("SELECT status FROM t_job_info") == "SUCCEEDED"
+    finally:
+        await conn.close()
