@@ -660,3 +660,61 @@ async def test_jobservice_run_migrates_an_empty_database_serves_and_stops_on_sig
         assert await conn.fetchval("SELECT status FROM t_job_info") == "SUCCEEDED"
     finally:
         await conn.close()
+
+
+async def test_the_service_declares_durable_queues_and_a_durable_topic_exchange(
+    service: object, namespace: str
+) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        for name in ("submit", "submit.dlq", "control"):
+            channel = await connection.channel()
+            # passive: it exists already; then the same declaration with durable=True is
+            # accepted only if the queue is durable (PRECONDITION_FAILED otherwise)
+            await channel.declare_queue(f"{namespace}.{name}", passive=True)
+            await channel.declare_queue(f"{namespace}.{name}", durable=True)
+        channel = await connection.channel()
+        await channel.declare_exchange(f"{namespace}.events", passive=True)
+        await channel.declare_exchange(f"{namespace}.events", aio_pika.ExchangeType.TOPIC,
+                                       durable=True)
+    finally:
+        await connection.close()
+
+
+async def test_builtin_job_types_and_their_parameters(
+    service: object, producer: Producer, namespace: str, db: asyncpg.Connection
+) -> None:
+    async with Subscriber(namespace, "t7.succeeded", "t7.failed") as events:
+        noop = await producer.submit({"tenant": "t7", "job_class": "jobservice.noop",
+                                      "parameters": {}})
+        sleep = await producer.submit({"tenant": "t7", "job_class": "jobservice.sleep",
+                                       "parameters": {"seconds": 0}})  # ticks: default 10
+        fail = await producer.submit({"tenant": "t7", "job_class": "jobservice.fail",
+                                      "parameters": {"message": "as asked"}})
+        assert (await events.until(noop["id"], "SUCCEEDED"))[-1][1]["result"] is None
+        [(_, slept)] = await events.until(sleep["id"], "SUCCEEDED")
+        [(_, failed)] = await events.until(fail["id"], "FAILED")
+    assert slept["percent_completed"] == 100
+    assert failed["error"]["message"] == "as asked"
+    assert await db.fetchval("SELECT value FROM t_job_parameters WHERE job_id = $1 AND "
+                             "name = 'ticks'", uuid.UUID(sleep["id"])) in (None, "10")
+
+
+async def test_pool_size_bounds_the_jobs_run_at_once(
+    start_service: ServiceFactory, producer: Producer, namespace: str
+) -> None:
+    await start_service(pool_size=2)
+    async with Subscriber(namespace, "t8.#") as events:
+        ids = [(await producer.submit({"tenant": "t8", "job_class": "jobservice.sleep",
+                                       "parameters": {"seconds": 0.3, "ticks": 1}}))["id"]
+               for _ in range(5)]
+        for job_id in ids:
+            await events.until(job_id, "SUCCEEDED")
+    busy = peak = 0
+    for _, routing_key in events.log:
+        if routing_key == "t8.to_be_run":
+            busy += 1
+            peak = max(peak, busy)
+        elif routing_key == "t8.succeeded":
+            busy -= 1
+    assert peak == 2
