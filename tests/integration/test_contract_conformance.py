@@ -31,6 +31,8 @@ STATUSES = {"PENDING", "QUEUED", "TO_BE_RUN", "RUNNING", "SUCCEEDED", "FAILED", 
 FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
 EVENT_FIELDS = {"event_id", "job_id", "tenant", "job_class", "status", "previous_status",
                 "percent_completed", "at", "owner", "error", "result"}
+# Added by the composite-jobs issue (README "Composite jobs"); nothing else may appear.
+EVENT_EXTENSION_FIELDS = {"context", "message"}
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 Json = dict[str, Any]
 
@@ -155,7 +157,7 @@ class Subscriber:
 
 def check_event(message: AbstractIncomingMessage, event: Json) -> None:
     """Section 5: the shape, the types and the message properties of one event."""
-    assert set(event) == EVENT_FIELDS, sorted(event)
+    assert EVENT_FIELDS <= set(event) <= EVENT_FIELDS | EVENT_EXTENSION_FIELDS, sorted(event)
     for key in ("event_id", "job_id"):
         assert str(uuid.UUID(event[key])) == event[key]
     assert message.message_id == event["event_id"]
@@ -406,9 +408,12 @@ BAD_SUBMISSIONS: list[tuple[Any, str]] = [
      "invalid_message"),
     ({"tenant": "t1", "job_class": "jobservice.noop", "initial_status": "RUNNING"},
      "invalid_message"),
-    *[({"tenant": "t1", "job_class": "jobservice.noop", name: []}, "invalid_message")
-      for name in ("steps", "selected_elements", "environment", "depends_on", "on_success",
-                   "context")],
+    # the fields the contract names for later (now implemented): malformed values
+    *[({"tenant": "t1", "job_class": "jobservice.noop", name: value}, "invalid_message")
+      for name, value in (("steps", "extract"), ("selected_elements", [{"type": 1}]),
+                          ("environment", []), ("depends_on", ["not-a-uuid"]),
+                          ("on_success", {}), ("context", 5), ("max_retries", -1),
+                          ("retry_backoff_s", "fast"), ("run_after", "soon"))],
     ({"tenant": "t1", "job_class": "no.such.job"}, "unknown_job_class"),
     ({"tenant": "t1", "job_class": "jobservice.sleep",
       "parameters": {"seconds": 1}, "max_retries": "2"}, "invalid_message"),
