@@ -16,6 +16,9 @@ import anyio
 
 from jobservice.config import Settings
 
+# Kept here (not imported from jobservice.bench) so that `--help` stays cheap.
+SCENARIO_NAMES = ("throughput", "latency", "idle", "flood", "progress", "scale", "memory")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -109,12 +112,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep serving after the demo workload finished")
     demo.set_defaults(handler=_demo)
 
-    bench = sub.add_parser("bench", help="measure throughput and latency with no-op jobs")
-    bench.add_argument("--jobs", type=int, default=5000)
+    bench = sub.add_parser("bench", help="measure the service (docs/benchmarks.md)")
+    bench.add_argument("--scenario", default="throughput", choices=SCENARIO_NAMES,
+                       help="throughput (default) | latency | idle | flood | progress | "
+                            "scale | memory")
+    bench.add_argument("--jobs", type=int, default=5000,
+                       help="no-op jobs (throughput; progress: per phase)")
     bench.add_argument("--tenants", type=int, default=10)
-    bench.add_argument("--pool-size", type=int, default=None)
+    bench.add_argument("--pool-size", type=int, default=None,
+                       help="default: JOBSERVICE_POOL_SIZE (memory: --memory-pool)")
     bench.add_argument("--instances", type=int, default=1,
                        help="service processes sharing the database and broker")
+    bench.add_argument("--rate", type=float, default=750.0, help="latency: submissions/s")
+    bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
+    bench.add_argument("--lone-jobs", type=int, default=20, help="idle: single jobs")
+    bench.add_argument("--flood-jobs", type=int, default=10_000)
+    bench.add_argument("--small-jobs", type=int, default=100,
+                       help="flood: jobs of each of the 9 small tenants")
+    bench.add_argument("--progress-jobs", type=int, default=200)
+    bench.add_argument("--progress-steps", type=int, default=100_000)
+    bench.add_argument("--progress-seconds", type=float, default=15.0)
+    bench.add_argument("--rows", type=int, default=1_000_000,
+                       help="scale: queued rows of the large table (small: 10,000)")
+    bench.add_argument("--memory-pool", type=int, default=64)
+    bench.add_argument("--queued", type=int, default=100_000, help="memory: queued jobs")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(handler=_bench)
     return parser
@@ -310,11 +331,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from jobservice.bench import run_bench
+    from jobservice.bench import BenchOptions, run_bench
 
     settings = _settings_and_logs(args)
-    return run_bench(settings, jobs=args.jobs, tenants=args.tenants, pool_size=args.pool_size,
-                     json_only=args.json, instances=args.instances)
+    options = BenchOptions(
+        jobs=args.jobs, tenants=args.tenants, instances=args.instances,
+        pool_size=args.pool_size, rate=args.rate, duration_s=args.duration,
+        lone_jobs=args.lone_jobs, flood_jobs=args.flood_jobs, small_jobs=args.small_jobs,
+        progress_jobs=args.progress_jobs, progress_steps=args.progress_steps,
+        progress_seconds=args.progress_seconds, large_rows=args.rows,
+        memory_pool=args.memory_pool, memory_queued=args.queued)
+    return run_bench(settings, args.scenario, options, json_only=args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,261 @@
+"""What every scenario needs: a fresh database and AMQP namespace, `jobservice run`
+subprocesses as users run them, metrics scraped over HTTP, events collected. Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+
+from jobservice.config import Settings
+from jobservice.model import EventMessage
+from jobservice.store import Store
+
+# Job types of the progress and memory scenarios, loaded by the bench's instances only.
+BENCH_JOB_MODULE = "jobservice.bench.jobs"
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    """The q-quantile of durations in seconds, in milliseconds (0 when there are none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def jain_index(shares: list[float]) -> float:
+    """Jain's fairness index: 1 when all shares are equal, 1/n when one takes everything."""
+    total_sq = sum(x * x for x in shares)
+    if not shares or total_sq == 0:
+        return 0.0
+    return round(sum(shares) ** 2 / (len(shares) * total_sq), 4)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status), response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident set size now and at its peak (VmHWM), in MiB, from /proc."""
+    values: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return round(values.get("VmRSS", 0.0), 1), round(values.get("VmHWM", 0.0), 1)
+
+
+class Instances:
+    """Service subprocesses, as users run them (`jobservice run`)."""
+
+    def __init__(self, env: dict[str, str], count: int) -> None:
+        self.ports = [_free_port() for _ in range(count)]
+        exe = [sys.executable, "-m", "jobservice.cli", "--log-format", "text", "run"]
+        self.procs = [
+            subprocess.Popen(exe, env={**env, "JOBSERVICE_HTTP_PORT": str(port),
+                                       "JOBSERVICE_HTTP_HOST": "127.0.0.1",
+                                       "JOBSERVICE_INSTANCE_ID": f"bench-{n}"})
+            for n, port in enumerate(self.ports)]
+
+    async def wait_ready(self, timeout: float = 60) -> None:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            while (await asyncio.to_thread(_http_get, f"http://127.0.0.1:{port}/readyz"))[0] != 200:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"service exited with {proc.returncode} before ready")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("service not ready in time")
+                await asyncio.sleep(0.1)
+
+    async def scrape(self, name: str) -> float:
+        texts = [await asyncio.to_thread(_http_get, f"http://127.0.0.1:{p}/metrics")
+                 for p in self.ports]
+        return sum(metric_sum(text, name) for _, text in texts)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class BenchTarget:
+    """One fresh database and namespace on the local Postgres and RabbitMQ."""
+
+    settings: Settings
+    database: str
+    namespace: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def admin_url(self) -> str:
+        return urlunsplit(urlsplit(self.settings.database_url)._replace(path="/postgres"))
+
+    @property
+    def url(self) -> str:
+        return urlunsplit(urlsplit(self.settings.database_url)._replace(
+            path=f"/{self.database}"))
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return {**os.environ, "JOBSERVICE_DATABASE_URL": self.url,
+                "JOBSERVICE_NAMESPACE": self.namespace,
+                "JOBSERVICE_POOL_SIZE": str(self.settings.pool_size),
+                "JOBSERVICE_LOG_LEVEL": "WARNING", "JOBSERVICE_JOB_MODULES": BENCH_JOB_MODULE,
+                "JOBSERVICE_AMQP_URL": self.settings.amqp_url, **overrides}
+
+
+@asynccontextmanager
+async def bench_target(settings: Settings, database: str, migrate: bool = False
+                       ) -> AsyncIterator[BenchTarget]:
+    """A fresh database (migrated when asked) and namespace; both removed afterwards."""
+    target = BenchTarget(settings, database)
+    await _admin(target.admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await _admin(target.admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        if migrate:
+            store = await Store.connect(target.url, size=2)
+            try:
+                await store.migrate()
+            finally:
+                await store.close()
+        yield target
+    finally:
+        await _cleanup_amqp(settings.amqp_url, target.namespace)
+        await _admin(target.admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def running(target: BenchTarget, count: int = 1, **env: str) -> AsyncIterator[Instances]:
+    services = Instances(target.env(**env), count)
+    try:
+        await services.wait_ready()
+        yield services
+    finally:
+        await asyncio.to_thread(services.stop)
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _cleanup_amqp(amqp_url: str, namespace: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for queue in ("submit", "submit.dlq", "control", "control.dlq"):
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(f"{namespace}.{queue}")
+            except aio_pika.exceptions.AMQPError:
+                pass
+        channel = await connection.channel()
+        await channel.exchange_delete(f"{namespace}.events")
+    finally:
+        await connection.close()
+
+
+async def pg_stat_statements_calls(url: str, reset: bool) -> float | None:
+    """Calls recorded by pg_stat_statements in the bench database, when it is loaded (it
+    needs `shared_preload_libraries`, i.e. a server restart: the bench never does that)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        if reset:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            return 0.0
+        return float(await conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d "
+            "ON d.oid = s.dbid WHERE d.datname = current_database()"))
+    except asyncpg.PostgresError:
+        return None
+    finally:
+        await conn.close()
+
+
+@dataclass
+class EventLog:
+    """Event times (database clock, epoch seconds) per job and status, as received."""
+
+    first: dict[str, dict[str, float]] = field(default_factory=dict)  # status -> job -> at
+    tenant_of: dict[str, str] = field(default_factory=dict)
+    progress: dict[str, int] = field(default_factory=dict)  # progress events per job
+    received_at: dict[str, float] = field(default_factory=dict)  # job -> local time (final)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, event: EventMessage) -> None:
+        self.changed.set()
+        job = str(event.job_id)
+        self.tenant_of[job] = event.tenant
+        if event.previous_status == event.status:  # progress event
+            self.progress[job] = self.progress.get(job, 0) + 1
+            return
+        self.first.setdefault(event.status.value, {}).setdefault(job, event.at.timestamp())
+        if event.status.value in ("SUCCEEDED", "FAILED", "ABORTED"):
+            self.received_at[job] = time.time()
+
+    def at(self, status: str) -> dict[str, float]:
+        return self.first.get(status, {})
+
+    async def wait_for(self, done: Callable[[EventLog], bool],
+                       timeout: float) -> None:  # noqa: ASYNC109
+        """While another task feeds this log: return once `done(self)`."""
+        async def until() -> None:
+            while not done(self):
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"bench: events still missing after {timeout:.0f}s") from None
+
+
+async def collect(events: asyncio.Queue[EventMessage], log: EventLog,
+                  done: Callable[[EventLog], bool], timeout: float) -> None:  # noqa: ASYNC109
+    """Feed `log` until `done(log)`; TimeoutError after `timeout` seconds."""
+    async def feed() -> None:
+        while not done(log):
+            log.add(await events.get())
+
+    try:
+        await asyncio.wait_for(feed(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"bench: events still missing after {timeout:.0f}s "
+                           f"({len(log.received_at)} jobs ended)") from None

@@ -1,0 +1,93 @@
+"""`jobservice bench --scenario ...` on tiny sizes: every scenario runs against real
+instances and prints a table and one well-formed JSON line. No timing is asserted here:
+the figures are the benchmark's business (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from contextlib import redirect_stdout
+
+import pytest
+from rich.console import Console
+
+from jobservice.bench import SCENARIOS, BenchOptions, print_result, run_scenario
+from jobservice.bench.fairness import competition_shares
+from jobservice.bench.harness import EventLog, jain_index
+from jobservice.cli import SCENARIO_NAMES
+from tests.conftest import make_settings
+
+TINY = BenchOptions(
+    jobs=40, tenants=3, rate=40, duration_s=1, lone_jobs=3, flood_jobs=60, small_jobs=5,
+    small_tenants=3, progress_jobs=3, progress_steps=3000, progress_seconds=1.5,
+    small_rows=200, large_rows=2000, memory_pool=4, memory_queued=300)
+
+EXPECTED = {
+    "throughput": {"jobs_per_s", "statements_per_job", "run_latency_p99_ms"},
+    "latency": {"run_latency_p50_ms", "run_latency_p99_ms", "rate_achieved_per_s"},
+    "idle": {"wakeup_p50_ms", "wakeup_p99_ms"},
+    "flood": {"jain_index", "shares", "small_wait_p99_ms", "flood_drain_s"},
+    "progress": {"completion_writes_per_job_per_s_max", "noop_jobs_per_s_alone",
+                 "noop_jobs_per_s_alongside", "throughput_drop_pct"},
+    "scale": {"small_claim_ms_median", "large_claim_ms_median", "small_claim_buffers",
+              "large_claim_buffers", "time_ratio"},
+    "memory": {"rss_mb", "peak_rss_mb"},
+}
+
+
+def test_the_cli_offers_every_scenario() -> None:
+    assert set(SCENARIO_NAMES) == set(SCENARIOS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_each_scenario_runs_small_and_prints_a_table_and_a_json_line(
+    database_url: str, namespace: str, scenario: str
+) -> None:
+    settings = make_settings(database_url, namespace)
+    options = BenchOptions(**{**TINY.__dict__,
+                              "database": f"jst_bench_{uuid.uuid4().hex[:8]}"})
+    result = await run_scenario(settings, scenario, options)
+    console = Console(file=io.StringIO(), width=200)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        print_result(result, json_only=False, console=console)
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"jobservice bench: {result.title}" in table
+    assert all(label in table for label, _ in result.rows)
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["scenario"] == scenario
+    assert EXPECTED[scenario] <= line.keys()
+    check_figures(scenario, line)
+
+
+def check_figures(scenario: str, line: dict[str, object]) -> None:
+    """Sanity of the figures (not their speed)."""
+    if scenario == "flood":
+        shares = line["shares"]
+        assert isinstance(shares, dict) and len(shares) == 4  # the flood + 3 small tenants
+        assert 0 < float(line["jain_index"]) <= 1  # type: ignore[arg-type]
+    elif scenario == "progress":
+        # 1.5 s jobs advancing all the time: at most one write per period (1 s) each
+        assert float(line["completion_writes_per_job_per_s_max"]) <= 1.0  # type: ignore[arg-type]
+    elif scenario == "scale":
+        assert int(line["small_claim_buffers"]) > 0  # type: ignore[call-overload]
+    elif scenario == "memory":
+        assert float(line["rss_mb"]) > 10  # type: ignore[arg-type]
+
+
+def test_jain_index_is_one_for_equal_shares_and_one_over_n_for_a_monopoly() -> None:
+    assert jain_index([5, 5, 5, 5]) == 1.0
+    assert jain_index([12, 0, 0, 0]) == 0.25
+    assert 0.25 < jain_index([9, 1, 1, 1]) < 1
+
+
+def test_competition_window_runs_from_the_last_first_queue_to_the_first_last_start() -> None:
+    log = EventLog()
+    # tenant a queued at 0, b at 1; a starts at 2, 3, 10; b starts at 4 (its last)
+    for job, tenant in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")]:
+        log.tenant_of[job] = tenant
+    log.first["QUEUED"] = {"a1": 0, "a2": 0, "a3": 0, "b1": 1}
+    log.first["RUNNING"] = {"a1": 2, "a2": 3, "a3": 10, "b1": 4}
+    shares, window = competition_shares(log)
+    assert shares == {"a": 2, "b": 1} and window == 3
