@@ -2,8 +2,9 @@
 -- a test prepares each of them against a migrated database.
 
 -- name: insert_jobs
--- One statement for a whole intake batch: jobs and their parameters; existing ids are left
--- alone (idempotent resubmission) and the ids actually created are returned.
+-- One statement (so one round trip, atomic without an explicit transaction) for a whole
+-- intake batch: jobs, their parameters, and one NOTIFY when queued work was created; existing
+-- ids are left alone (idempotent resubmission) and the ids actually created are returned.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[],
                          $6::text[], $7::text[], $8::timestamptz[], $12::boolean[],
@@ -18,14 +19,17 @@ WITH input AS (
            at_most_once, max_retries, retry_backoff_s, run_after, context
       FROM input
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING id, status
 ), parameters AS (
     INSERT INTO t_job_parameters (job_id, name, value)
     SELECT p.job_id, p.name, p.value::jsonb
       FROM unnest($9::uuid[], $10::text[], $11::text[]) AS p(job_id, name, value)
       JOIN inserted ON inserted.id = p.job_id
+), notified AS (
+    SELECT pg_notify('jobservice_work', '')
+      FROM (SELECT 1 FROM inserted WHERE status = 'QUEUED' LIMIT 1) AS queued
 )
-SELECT id FROM inserted;
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 
 -- name: submit_job
 -- One composite submission (dependencies, on_success, steps, elements, environment): see
@@ -42,11 +46,13 @@ SELECT pg_notify('jobservice_work', '');
 SELECT pg_notify('jobservice_outbox', '');
 
 -- name: claim_jobs
--- $3-$5: this instance's claim filters (tenants, excluded tenants, job types; NULL: all)
+-- $3-$5: this instance's claim filters (tenants, excluded tenants, job types; NULL: all);
+-- $6: the job classes it runs: those claimed are also started (TO_BE_RUN -> RUNNING) in the
+-- same round trip (sql/005_performance.sql).
 SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
        parameters, max_retries, retry_backoff_s, failures, reschedules, context,
        selected_elements, environment
-  FROM jobservice_claim_jobs($1, $2, $3::text[], $4::text[], $5::text[]);
+  FROM jobservice_claim_and_start($1, $2, $3::text[], $4::text[], $5::text[], $6::text[]);
 
 -- name: next_run_after
 -- Seconds until the earliest future not-before time of a queued job (NULL: none waits),
@@ -207,11 +213,15 @@ SELECT name, value FROM t_job_parameters WHERE job_id = $1 ORDER BY name;
 SELECT id FROM t_job_info WHERE instance_id = $1 AND status = 'RUNNING' AND stop_requested;
 
 -- name: fetch_outbox
+-- The relay's one statement per batch: delete what the broker confirmed ($2), read the next
+-- oldest events (the SELECT sees the rows as before the DELETE, hence the exclusion).
+WITH confirmed AS (
+    DELETE FROM t_job_event_outbox WHERE id = ANY($2::bigint[])
+)
 SELECT id, event_id, seq, routing_key, body::text AS body
-  FROM t_job_event_outbox ORDER BY id LIMIT $1;
-
--- name: delete_outbox
-DELETE FROM t_job_event_outbox WHERE id = ANY($1::bigint[]);
+  FROM t_job_event_outbox
+ WHERE id <> ALL($2::bigint[])
+ ORDER BY id LIMIT $1;
 
 -- name: count_jobs
 SELECT tenant, status, count(*) AS jobs FROM t_job_info GROUP BY tenant, status;

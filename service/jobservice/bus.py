@@ -37,8 +37,19 @@ class Delivery:
     headers: dict[str, Any]
     _message: AbstractIncomingMessage
 
-    async def ack(self) -> None:
-        await self._message.ack()
+    async def ack(self, multiple: bool = False) -> None:
+        """Acknowledge this message; with `multiple`, also every earlier unacknowledged
+        message of its channel (one frame for a whole batch)."""
+        await self._message.ack(multiple=multiple)
+
+    @property
+    def channel(self) -> object:
+        """The channel it came on (a reconnection opens a new one)."""
+        return self._message.channel
+
+    @property
+    def delivery_tag(self) -> int:
+        return self._message.delivery_tag or 0
 
     async def requeue(self) -> None:
         await self._message.nack(requeue=True)

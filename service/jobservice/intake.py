@@ -100,6 +100,9 @@ class Intake:
         self._batch_size = settings.intake_batch_size
         self._on_stored = on_stored
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # A channel on which a message was deliberately left unacknowledged (to come back):
+        # no multiple ack there, it would take that message with it.
+        self._unsafe_channel: object | None = None
 
     async def receive(self, delivery: Delivery) -> None:
         """Consumer callback: hand the message to the batch loop."""
@@ -125,11 +128,19 @@ class Intake:
                 "store submissions", lambda: self._store.insert_jobs(list(unique.values())))
             if outcome.created:
                 self._on_stored()
+        done = await self._answer_all(parsed, outcome)
+        await self._ack_batch(deliveries, done)
+
+    async def _answer_all(self, parsed: Sequence[tuple[Delivery, NewJob | Rejection]],
+                          outcome: InsertOutcome) -> list[Delivery]:
+        """Reply to (or dead-letter) each message; returns those done (to acknowledge)."""
         created, existing = outcome.created, outcome.existing
         answered: set[uuid.UUID] = set()
+        done: list[Delivery] = []
         for delivery, result in parsed:
             if isinstance(result, Rejection):
-                await self._reject(delivery, result)
+                if await self._reject(delivery, result):
+                    done.append(delivery)
                 continue
             first_time = result.id in created and result.id not in answered
             answered.add(result.id)
@@ -141,9 +152,29 @@ class Intake:
                 self._metrics.transitions.labels(status.value).inc()
                 log_transition(result.id, result.tenant, result.job_class, status.value,
                                detail="submitted")
-            await answer_and_ack(self._broker, delivery, {
-                "ok": True, "id": str(result.id),
-                "status": status.value if status else result.status.value})
+            if await answer(self._broker, delivery, {
+                    "ok": True, "id": str(result.id),
+                    "status": status.value if status else result.status.value}):
+                done.append(delivery)
+        return done
+
+    async def _ack_batch(self, deliveries: Sequence[Delivery], done: list[Delivery]) -> None:
+        """After the commit and the replies: one multiple ack (one frame) for the whole batch
+        when all of it is done, all on one channel, and that channel holds no message left
+        unacknowledged on purpose (it must come back: a multiple ack would take it along).
+        Otherwise each message done is acknowledged on its own."""
+        last = max(deliveries, key=lambda d: d.delivery_tag)
+        if len(done) < len(deliveries):
+            self._unsafe_channel = last.channel
+        elif (all(d.channel is last.channel for d in deliveries)
+              and last.channel is not self._unsafe_channel):
+            try:
+                await last.ack(multiple=True)
+            except Exception as exc:
+                log.warning("ack failed (%s); the messages will be redelivered", exc)
+            return
+        for delivery in done:
+            await ack(delivery)
 
     def _parse(self, delivery: Delivery) -> NewJob | Rejection:
         s = self._settings
@@ -178,7 +209,8 @@ class Intake:
             checked.append((delivery, result))
         return checked
 
-    async def _reject(self, delivery: Delivery, rejection: Rejection) -> None:
+    async def _reject(self, delivery: Delivery, rejection: Rejection) -> bool:
+        """Dead-letter and answer; False when the message must come back (not acked)."""
         log.warning("submission refused: %s", rejection.reason(),
                     extra={"job_id": rejection.job_id, "error_code": rejection.code})
         self._metrics.submissions.labels("rejected", rejection.code).inc()
@@ -186,15 +218,29 @@ class Intake:
             await self._broker.dead_letter(self._dlq, delivery, rejection.reason())
         except Exception as exc:  # broker away: not acked, so it comes back and is refused again
             log.warning("dead-lettering failed (%s); the message will be redelivered", exc)
-            return
-        await answer_and_ack(self._broker, delivery, rejection.reply())
+            return False
+        return await answer(self._broker, delivery, rejection.reply())
 
 
 async def answer_and_ack(broker: Broker, delivery: Delivery, reply: dict[str, Any]) -> None:
     """Reply (when asked) and acknowledge, after the effect is committed. If the broker went
     away meanwhile, the message is redelivered later and handled again (idempotently)."""
+    if await answer(broker, delivery, reply):
+        await ack(delivery)
+
+
+async def answer(broker: Broker, delivery: Delivery, reply: dict[str, Any]) -> bool:
+    """Reply when asked; False when that failed (then the message must not be acked)."""
     try:
         await broker.reply(delivery, reply)
+    except Exception as exc:
+        log.warning("reply failed (%s); the message will be redelivered", exc)
+        return False
+    return True
+
+
+async def ack(delivery: Delivery) -> None:
+    try:
         await delivery.ack()
     except Exception as exc:
-        log.warning("reply/ack failed (%s); the message will be redelivered", exc)
+        log.warning("ack failed (%s); the message will be redelivered", exc)

@@ -135,25 +135,43 @@ class WorkerPool:
         self._metrics.pool_busy.set(self._busy)
         self._slot_freed.set()
 
+    @property
+    def runnable(self) -> list[str]:
+        """Job classes the claim may start at once (RUNNING in the same round trip): those
+        registered here, unless before-hooks are set (they prepare jobs, which the contract
+        does while they are TO_BE_RUN)."""
+        return [] if self._hooks else self._registry.names()
+
     async def start(self, claimed: Sequence[ClaimedJob]) -> None:
-        """Prepare claimed (TO_BE_RUN) jobs, mark them RUNNING in one statement, run them.
+        """Run claimed jobs. The claim started (RUNNING) those of a class registered here;
+        others are TO_BE_RUN: prepared, then marked RUNNING in one statement (or FAILED).
 
         The slots must have been reserved before the claim."""
         assert self._task_group is not None, "pool not bound to a task group"
-        prepared: dict[UUID, tuple[ClaimedJob, Job[Any]]] = {}
         now = time.time()
+        self._metrics.transitions.labels(JobStatus.TO_BE_RUN.value).inc(len(claimed))
         for claim in claimed:
             if claim.queued_at is not None:
                 self._metrics.queue_wait.labels(claim.job_class).observe(
                     max(0.0, now - claim.queued_at.timestamp()))
+            log_transition(claim.id, claim.tenant, claim.job_class, "TO_BE_RUN")
+        started = [c for c in claimed if c.status is JobStatus.RUNNING]
+        self._metrics.transitions.labels(JobStatus.RUNNING.value).inc(len(started))
+        for claim in started:
+            log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
+            job = await self._prepare(claim)
+            if job is not None:
+                self._launch(claim, job, stop_requested=False)
+        await self._prepare_and_start([c for c in claimed if c.status is JobStatus.TO_BE_RUN])
+
+    async def _prepare_and_start(self, claimed: Sequence[ClaimedJob]) -> None:
+        prepared: dict[UUID, tuple[ClaimedJob, Job[Any]]] = {}
+        for claim in claimed:
             job = await self._prepare(claim)
             if job is not None:
                 prepared[claim.id] = (claim, job)
         if not prepared:
             return
-        self._metrics.transitions.labels(JobStatus.TO_BE_RUN.value).inc(len(claimed))
-        for claim, _ in prepared.values():
-            log_transition(claim.id, claim.tenant, claim.job_class, "TO_BE_RUN")
         started = await retry_transient(
             "mark running", lambda: self._store.mark_running(list(prepared), self._instance_id))
         self._metrics.transitions.labels(JobStatus.RUNNING.value).inc(len(started))
@@ -161,13 +179,17 @@ class WorkerPool:
         self._release(len(prepared) - len(started))
         for row in started:
             claim, job = prepared[row.id]
-            ctx = self._context(claim, job)
             log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
-            running = RunningJob(claim, ctx)
-            self._running[claim.id] = running
-            if row.stop_requested:
-                self.cancel(claim.id, "stop")
-            self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
+            self._launch(claim, job, row.stop_requested)
+
+    def _launch(self, claim: ClaimedJob, job: Job[Any], stop_requested: bool) -> None:
+        assert self._task_group is not None, "pool not bound to a task group"
+        ctx = self._context(claim, job)
+        running = RunningJob(claim, ctx)
+        self._running[claim.id] = running
+        if stop_requested:
+            self.cancel(claim.id, "stop")
+        self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
 
     def _context(self, claim: ClaimedJob, job: Job[Any]) -> JobContext:
         elements = [SelectedElement(str(e["type"]), e["id"])
@@ -186,7 +208,8 @@ class WorkerPool:
 
     async def _prepare(self, claim: ClaimedJob) -> Job[Any] | None:
         """Build the job from its parameters (after the before-hooks, which may change
-        them); a job that cannot be built ends FAILED."""
+        them); a job that cannot be built ends FAILED (from TO_BE_RUN, or from RUNNING when
+        the claim started it: parameters that passed intake but not this version's model)."""
         try:
             job_type = self._registry.get(claim.job_class)
             raw = claim.parameters
@@ -203,7 +226,13 @@ class WorkerPool:
                      else ErrorType.INVALID_PARAMETERS)
             log_transition(claim.id, claim.tenant, claim.job_class, "FAILED", logging.ERROR,
                            f"cannot be prepared: {error.value}: {exc}")
-            await self._store.fail_claimed(claim.id, self._instance_id, error.value, str(exc))
+            if claim.status is JobStatus.RUNNING:
+                await self._finisher.submit(FinishedRun(
+                    claim.id, claim.attempt, JobStatus.FAILED, error_type=error.value,
+                    error_message=str(exc)))
+            else:
+                await self._store.fail_claimed(claim.id, self._instance_id, error.value,
+                                               str(exc))
             self._metrics.transitions.labels(JobStatus.FAILED.value).inc()
             self._release()
             return None

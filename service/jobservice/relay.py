@@ -28,6 +28,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._wake = anyio.Event()
         self._remote_wake = anyio.Event()
+        self._confirmed: list[int] = []  # published and confirmed, deleted with the next read
         self.published = 0
 
     def kick(self) -> None:
@@ -54,17 +55,24 @@ class OutboxRelay:
             if sent < 0:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            elif sent < self._batch_size:
+            elif sent == 0:
                 with anyio.move_on_after(self._poll_interval):
                     await self._wake.wait()
 
     async def publish_batch(self) -> int:
+        """Delete the previous batch (confirmed) and read the next in one statement, publish
+        it. A caller goes on until it returns 0: that call has deleted the last batch."""
         self._wake = anyio.Event()
-        events = await self._store.fetch_outbox(self._batch_size)
+        confirmed, self._confirmed = self._confirmed, []
+        try:
+            events = await self._store.fetch_outbox(self._batch_size, confirmed)
+        except BaseException:
+            self._confirmed = confirmed  # not deleted: the statement did nothing
+            raise
         if not events:
             return 0
         await self._broker.publish_events(events)
-        await self._store.delete_outbox([e.id for e in events])
+        self._confirmed = [e.id for e in events]
         self.published += len(events)
         self._metrics.events_published.inc(len(events))
         return len(events)

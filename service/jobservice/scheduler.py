@@ -1,7 +1,9 @@
 """Decides when to claim: as many jobs as there are free slots, whenever new work may exist.
 
 The fair choice itself (round robin over tenants, priority then age) is made in one SQL
-function, `jobservice_claim_jobs`, so that it holds across instances."""
+function, `jobservice_claim_jobs`, so that it holds across instances; the scheduler calls it
+through `jobservice_claim_and_start`, which also starts the claimed jobs in the same round
+trip."""
 
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ class Scheduler:
             self._pool.reserve(free)
             try:
                 claimed, expired = await self._store.claim_jobs(self._instance_id, free,
-                                                                self._filter)
+                                                                self._filter,
+                                                                self._pool.runnable)
             except TRANSIENT_DB_ERRORS as exc:
                 self._pool.reserve(-free)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)

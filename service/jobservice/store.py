@@ -28,6 +28,7 @@ _RELAY_LOCK = 7310002
 # Statements whose rows fire the outbox trigger: after them the relay has work.
 _WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "write_completion",
                             "fail_claimed", "stop_job"})
+_CLAIMED = frozenset({JobStatus.TO_BE_RUN.value, JobStatus.RUNNING.value})
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 
 
@@ -84,6 +85,7 @@ class NewJob:
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: UUID
+    status: JobStatus  # RUNNING (started by the claim) or TO_BE_RUN (to prepare, then start)
     tenant: str
     job_class: str
     priority: int
@@ -197,6 +199,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset query (`SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL`), which costs a round trip per statement. Our pool
+    connections keep no session state: no LISTEN (the listener has its own connection), no
+    SET, no cursors, advisory locks only per transaction (or released in `finally`). An open
+    transaction is still rolled back by asyncpg before this is called."""
+
+
 class Store:
     """Owns the asyncpg pool; each method is one transaction with one or two statements."""
 
@@ -214,6 +224,7 @@ class Store:
             min_size=1,
             max_size=size,
             init=_init_connection,
+            reset=_keep_session,
             server_settings={"search_path": schema, "application_name": "jobservice"},
         )
         return cls(pool, dsn, schema)
@@ -272,29 +283,32 @@ class Store:
     # -- intake ---------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> InsertOutcome:
-        """Create the jobs not yet known (one statement for the plain ones, then one per
-        composite one, in order, in the same transaction), notify claimers, report
-        duplicates."""
+        """Create the jobs not yet known, notify claimers, report duplicates. Plain jobs
+        only (the usual batch): one statement (insert, parameters, NOTIFY), one round trip,
+        atomic without an explicit transaction. With composite ones: the plain ones in that
+        statement, then one per composite one, in order, in one transaction."""
         plain = [j for j in jobs if j.spec is None]
         composite = [j for j in jobs if j.spec is not None]
         statuses: dict[UUID, JobStatus] = {}
-        async with self._pool.acquire() as conn, conn.transaction():
-            created_ids: set[UUID] = set()
-            if plain:
+        created_ids: set[UUID] = set()
+        if not composite:
+            async with self._pool.acquire() as conn:
                 created_ids.update(await self._insert_plain(conn, plain))
-                statuses.update({j.id: j.status for j in plain if j.id in created_ids})
-            for job in composite:
-                row = await conn.fetchrow(QUERIES["submit_job"], job.spec)  # jsonb codec
-                self.statements += 1
-                assert row is not None
-                if row["created"]:
-                    created_ids.add(job.id)
-                    statuses[job.id] = JobStatus(row["status"])
-            created = frozenset(created_ids)
-            # jobservice_submit_job notifies by itself
-            if any(j.id in created and j.status is JobStatus.QUEUED for j in plain):
-                await conn.execute(QUERIES["notify_work"])
-                self.statements += 1
+            statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if plain:
+                    created_ids.update(await self._insert_plain(conn, plain))
+                    statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+                for job in composite:
+                    row = await conn.fetchrow(QUERIES["submit_job"], job.spec)  # jsonb codec
+                    self.statements += 1
+                    assert row is not None
+                    if row["created"]:
+                        created_ids.add(job.id)
+                        statuses[job.id] = JobStatus(row["status"])
+        # insert_jobs and jobservice_submit_job notify claimers by themselves
+        created = frozenset(created_ids)
         if created:
             self.on_events_written()
         existing: dict[UUID, JobStatus] = {}
@@ -337,18 +351,21 @@ class Store:
     # -- scheduling and running -----------------------------------------------------------
 
     async def claim_jobs(self, instance_id: str, limit: int,
-                         claim_filter: ClaimFilter = ClaimFilter()
+                         claim_filter: ClaimFilter = ClaimFilter(), runnable: Sequence[str] = ()
                          ) -> tuple[list[ClaimedJob], list[JobRef]]:
-        """Claimed jobs (TO_BE_RUN), and the expired ones met on the way (now FAILED)."""
+        """Claimed jobs, and the expired ones met on the way (now FAILED). Claimed jobs of the
+        `runnable` classes come back RUNNING (started in the same transaction), the others
+        TO_BE_RUN."""
         f = claim_filter
         rows = await self._fetch(
             "claim_jobs", instance_id, limit,
             None if f.tenants is None else list(f.tenants),
             None if f.exclude_tenants is None else list(f.exclude_tenants),
-            None if f.job_types is None else list(f.job_types))
+            None if f.job_types is None else list(f.job_types), list(runnable))
         claimed = [
             ClaimedJob(
-                id=r["id"], tenant=r["tenant"], job_class=r["job_class"],
+                id=r["id"], status=JobStatus(r["status"]), tenant=r["tenant"],
+                job_class=r["job_class"],
                 priority=r["priority"], owner=r["owner"], attempt=r["attempt"],
                 created_at=r["created_at"], queued_at=r["queued_at"],
                 parameters=r["parameters"] or {}, max_retries=r["max_retries"],
@@ -356,10 +373,10 @@ class Store:
                 reschedules=r["reschedules"], context=r["context"],
                 selected_elements=r["selected_elements"], environment=r["environment"],
             )
-            for r in rows if r["status"] == JobStatus.TO_BE_RUN
+            for r in rows if r["status"] in _CLAIMED
         ]
         expired = [JobRef(r["id"], r["tenant"], r["job_class"])
-                   for r in rows if r["status"] != JobStatus.TO_BE_RUN]
+                   for r in rows if r["status"] not in _CLAIMED]
         return claimed, expired
 
     async def next_run_after(self) -> float | None:
@@ -549,13 +566,12 @@ class Store:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    async def fetch_outbox(self, limit: int) -> list[OutboxEvent]:
-        rows = await self._fetch("fetch_outbox", limit)
+    async def fetch_outbox(self, limit: int, delete: Sequence[int] = ()) -> list[OutboxEvent]:
+        """The oldest `limit` events, after deleting `delete` (events the broker confirmed),
+        in one statement."""
+        rows = await self._fetch("fetch_outbox", limit, list(delete))
         return [OutboxEvent(r["id"], r["event_id"], r["seq"], r["routing_key"], r["body"])
                 for r in rows]
-
-    async def delete_outbox(self, ids: Sequence[int]) -> None:
-        await self._execute("delete_outbox", list(ids))
 
     async def notify(self, channel_query: str) -> None:
         await self._execute(channel_query)

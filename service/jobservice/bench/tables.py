@@ -36,15 +36,23 @@ async def _fill(conn: asyncpg.Connection, first: int, last: int, tenants: int,
     await conn.execute("VACUUM ANALYZE t_job_info")
 
 
+async def _claim_statement(conn: asyncpg.Connection) -> str:
+    """The service's claim: claim-and-start where that function exists (migration 005)."""
+    if await conn.fetchval("SELECT to_regproc('jobservice_claim_and_start') IS NOT NULL"):
+        return "jobservice_claim_and_start($1, $2, NULL, NULL, NULL, ARRAY['jobservice.noop'])"
+    return "jobservice_claim_jobs($1, $2)"
+
+
 async def _claim_cost(conn: asyncpg.Connection, limit: int) -> dict[str, float]:
     """Median time of the claim function (each claim rolled back, so every run sees the same
     table), and the buffers one claim touches (EXPLAIN ANALYZE BUFFERS)."""
+    claim = await _claim_statement(conn)
     times: list[float] = []
     for _ in range(_CLAIMS):
         tx = conn.transaction()
         await tx.start()
         started = time.perf_counter()
-        rows = await conn.fetch("SELECT id FROM jobservice_claim_jobs($1, $2)", _INSTANCE, limit)
+        rows = await conn.fetch(f"SELECT id FROM {claim}", _INSTANCE, limit)
         times.append(time.perf_counter() - started)
         await tx.rollback()
         if len(rows) != limit:
@@ -52,13 +60,13 @@ async def _claim_cost(conn: asyncpg.Connection, limit: int) -> dict[str, float]:
     tx = conn.transaction()
     await tx.start()
     plan = json.loads(await conn.fetchval(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM jobservice_claim_jobs($1, $2)",
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM {claim}",
         _INSTANCE, limit))[0]
     await tx.rollback()
     node = plan["Plan"]
     return {"claim_ms_median": round(statistics.median(times) * 1000, 3),
             "claim_buffers": node["Shared Hit Blocks"] + node["Shared Read Blocks"],
-            "explain_ms": round(plan["Execution Time"], 3)}
+            "explain_ms": round(plan["Execution Time"], 3), "and_start": "and_start" in claim}
 
 
 async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
@@ -81,8 +89,10 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
     figures: dict[str, Any] = {
         "small_rows": o.small_rows, "large_rows": o.large_rows, "tenants": o.tenants,
         "claim_limit": limit, "fill_s": round(fill_s, 1),
-        **{f"small_{k}": v for k, v in small.items()},
-        **{f"large_{k}": v for k, v in large.items()}, "time_ratio": ratio,
+        "claim_function": "jobservice_claim_and_start" if small["and_start"]
+                          else "jobservice_claim_jobs",
+        **{f"small_{k}": v for k, v in small.items() if k != "and_start"},
+        **{f"large_{k}": v for k, v in large.items() if k != "and_start"}, "time_ratio": ratio,
         "buffers_ratio": round(large["claim_buffers"] / max(1, small["claim_buffers"]), 2)}
     return ScenarioResult(
         "scale", f"claim cost: {o.small_rows:,} vs {o.large_rows:,} queued rows, "
