@@ -159,21 +159,15 @@ class Intake:
         return done
 
     async def _ack_batch(self, deliveries: Sequence[Delivery], done: list[Delivery]) -> None:
-        """After the commit and the replies: one multiple ack (one frame) for the whole batch
-        when all of it is done, all on one channel, and that channel holds no message left
-        unacknowledged on purpose (it must come back: a multiple ack would take it along).
-        Otherwise each message done is acknowledged on its own."""
-        last = max(deliveries, key=lambda d: d.delivery_tag)
-        if len(done) < len(deliveries):
-            self._unsafe_channel = last.channel
-        elif (all(d.channel is last.channel for d in deliveries)
-              and last.channel is not self._unsafe_channel):
+        """After the commit and the replies: acknowledge what is done (see `plan_acks`)."""
+        through, singles, self._unsafe_channel = plan_acks(deliveries, done,
+                                                           self._unsafe_channel)
+        if through is not None:
             try:
-                await last.ack(multiple=True)
+                await through.ack(multiple=True)
             except Exception as exc:
                 log.warning("ack failed (%s); the messages will be redelivered", exc)
-            return
-        for delivery in done:
+        for delivery in singles:
             await ack(delivery)
 
     def _parse(self, delivery: Delivery) -> NewJob | Rejection:
@@ -220,6 +214,22 @@ class Intake:
             log.warning("dead-lettering failed (%s); the message will be redelivered", exc)
             return False
         return await answer(self._broker, delivery, rejection.reply())
+
+
+def plan_acks(deliveries: Sequence[Delivery], done: Sequence[Delivery],
+              unsafe_channel: object | None
+              ) -> tuple[Delivery | None, list[Delivery], object | None]:
+    """How to acknowledge a handled batch: one multiple ack (one frame) through its last
+    message when all of it is done, all on one channel, and that channel holds no message
+    left unacknowledged on purpose (it must come back; a multiple ack would take it along).
+    Otherwise each message done on its own. Returns (ack-through message or None, messages
+    to ack one by one, the channel that now holds a message left to come back)."""
+    last = max(deliveries, key=lambda d: d.delivery_tag)
+    if len(done) < len(deliveries):
+        return None, list(done), last.channel
+    if all(d.channel is last.channel for d in deliveries) and last.channel is not unsafe_channel:
+        return last, [], unsafe_channel
+    return None, list(done), unsafe_channel
 
 
 async def answer_and_ack(broker: Broker, delivery: Delivery, reply: dict[str, Any]) -> None:

@@ -1,0 +1,104 @@
+"""The batched paths of issue 7 keep their guarantees: claim-and-start keeps both
+transitions and their events in order; a job the instance cannot prepare still fails with
+its reason; the relay leaves nothing behind once caught up; one multiple ack per intake
+batch, only after the commit."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from jobservice.client import JobClient
+from tests.conftest import ServiceFactory, wait_for_all, wait_for_status, wait_until
+from tests.integration.test_scheduling import insert_queued
+from tests.support.amqp import queue_depth
+
+
+async def test_claim_and_start_writes_both_transitions_each_with_its_event(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    await start_service(pool_size=8)
+    async with client.subscribe("#") as events:
+        replies = [await client.submit(f"t{n % 3}", "jobservice.noop") for n in range(30)]
+        ids = [r.id for r in replies if r is not None and r.id is not None]
+        seen = await wait_for_all(events, ids, "SUCCEEDED")
+    for job_events in seen.values():
+        assert [(e.previous_status, e.status) for e in job_events] == [
+            (None, "QUEUED"), ("QUEUED", "TO_BE_RUN"), ("TO_BE_RUN", "RUNNING"),
+            ("RUNNING", "SUCCEEDED")]
+    rows = await db.fetch("SELECT attempt, started_at, ended_at FROM t_job_info")
+    assert all(r["attempt"] == 1 and r["started_at"] <= r["ended_at"] for r in rows)
+
+
+async def test_a_claimed_job_of_a_class_unknown_here_fails_from_to_be_run(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    await start_service()
+    async with client.subscribe("#") as events:
+        [job_id] = await insert_queued(db, "alpha", 1, job_class="elsewhere.only")
+        await db.execute("SELECT pg_notify('jobservice_work', '')")
+        seen = await wait_for_status(events, job_id, "FAILED")
+    assert [(e.previous_status, e.status) for e in seen] == [
+        (None, "QUEUED"), ("QUEUED", "TO_BE_RUN"), ("TO_BE_RUN", "FAILED")]
+    assert seen[-1].error is not None and seen[-1].error.type == "unknown_job_class"
+
+
+async def test_a_started_job_whose_parameters_no_longer_fit_fails_with_the_reason(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    service = await start_service(pool_size=2)
+    async with client.subscribe("#") as events:
+        [job_id] = await insert_queued(db, "alpha", 1, job_class="jobservice.sleep")
+        await db.execute("INSERT INTO t_job_parameters (job_id, name, value) "
+                         "VALUES ($1, 'seconds', '\"soon\"')", job_id)
+        await db.execute("SELECT pg_notify('jobservice_work', '')")
+        seen = await wait_for_status(events, job_id, "FAILED")
+        ok = await client.submit("alpha", "jobservice.noop")  # the slot came back
+        assert ok is not None and ok.id is not None
+        await wait_for_status(events, ok.id, "SUCCEEDED")
+    assert [(e.previous_status, e.status) for e in seen] == [
+        (None, "QUEUED"), ("QUEUED", "TO_BE_RUN"), ("TO_BE_RUN", "RUNNING"),
+        ("RUNNING", "FAILED")]
+    assert seen[-1].error is not None and seen[-1].error.type == "invalid_parameters"
+    assert service.pool is not None and service.pool.busy == 0
+
+
+async def test_the_relay_deletes_every_confirmed_event_once_caught_up(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    await start_service()
+    async with client.subscribe("#") as events:
+        ids = [str(uuid.uuid4()) for _ in range(120)]
+        await client.submit_many([{"id": i, "tenant": "alpha", "job_class": "jobservice.noop"}
+                                  for i in ids])
+        await wait_for_all(events, ids, "SUCCEEDED", timeout=60)
+
+    async def outbox_empty() -> bool:
+        return await db.fetchval("SELECT count(*) FROM t_job_event_outbox") == 0
+
+    await wait_until(outbox_empty, timeout=10)
+    per_job = await db.fetch("SELECT transition_seq FROM t_job_info")
+    assert {r["transition_seq"] for r in per_job} == {4}
+
+
+async def test_every_submission_of_a_batch_is_acknowledged_after_its_commit(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    service = await start_service(intake_batch_size=50)
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    async with client.subscribe("*.queued") as events:
+        await client.submit_many([{"id": i, "tenant": "alpha", "job_class": "tests.wait_forever"}
+                                  for i in ids])
+        await wait_for_all(events, ids, "QUEUED", timeout=30)
+    assert await db.fetchval("SELECT count(*) FROM t_job_info") == 200
+    service.request_stop()
+    broker = service.broker
+    assert broker is not None
+
+    async def closed() -> bool:
+        return not broker.connected
+
+    await wait_until(closed, timeout=30)
+    # unacknowledged messages would be back in the queue once the instance let go of them
+    assert await queue_depth(service.settings.submit_queue) == 0
