@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     tenants: Annotated[list[str] | None, NoDecode] = None
     exclude_tenants: Annotated[list[str] | None, NoDecode] = None
     job_types: Annotated[list[str] | None, NoDecode] = None
+    # `jobservice run`'s event loop: uvloop needs the `uvloop` extra (docs/benchmarks.md).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     @field_validator("job_modules", "hooks", "message_dirs", mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from jobservice.bench.harness import (
     EventLog,
     bench_target,
     collect,
+    cpu_seconds,
+    database_backends,
     percentile_ms,
     pg_stat_statements_calls,
     running,
@@ -41,6 +43,8 @@ class BenchReport:
     done_latency_p99_ms: float
     statements_per_job: float
     pg_stat_statements_per_job: float | None
+    service_cpu_ms_per_job: float  # user+system CPU of the instances, per job
+    postgres_cpu_ms_per_job: float  # of the bench database's backends (approximate)
     latency_clock: str = "event `at` (database clock) minus publish time (same machine)"
 
 
@@ -79,6 +83,8 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
             running(target, instances, JOBSERVICE_POOL_SIZE=str(pool)) as services:
         await pg_stat_statements_calls(target.url, reset=True)
         statements_before = await services.scrape("jobservice_db_statements_total")
+        backends = await database_backends(target.url)
+        cpu_before = services.cpu_seconds(), cpu_seconds(backends)
         messages = noop_messages(jobs, tenants)
         published: dict[str, float] = {}
         log = EventLog()
@@ -91,6 +97,8 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
             submit_s = time.time() - first
             await watcher
         statements = await services.scrape("jobservice_db_statements_total") - statements_before
+        service_cpu = services.cpu_seconds() - cpu_before[0]
+        postgres_cpu = cpu_seconds(backends) - cpu_before[1]
         pg_calls = await pg_stat_statements_calls(target.url, reset=False)
     run_latency = latencies(log, published, "RUNNING")
     done_latency = latencies(log, published, "SUCCEEDED")
@@ -103,7 +111,9 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
         done_latency_p50_ms=percentile_ms(done_latency, 0.5),
         done_latency_p99_ms=percentile_ms(done_latency, 0.99),
         statements_per_job=round(statements / jobs, 2),
-        pg_stat_statements_per_job=None if pg_calls is None else round(pg_calls / jobs, 2))
+        pg_stat_statements_per_job=None if pg_calls is None else round(pg_calls / jobs, 2),
+        service_cpu_ms_per_job=round(service_cpu * 1000 / jobs, 3),
+        postgres_cpu_ms_per_job=round(postgres_cpu * 1000 / jobs, 3))
 
 
 async def throughput(settings: Settings, o: BenchOptions) -> ScenarioResult:
@@ -119,6 +129,9 @@ async def throughput(settings: Settings, o: BenchOptions) -> ScenarioResult:
          ("submit → SUCCEEDED p50 / p99 (ms, backlog drain)",
           f"{r.done_latency_p50_ms} / {r.done_latency_p99_ms}"),
          ("SQL statements per job (service count)", r.statements_per_job),
+         ("service CPU per job (ms, user+system)", r.service_cpu_ms_per_job),
+         ("Postgres CPU per job (ms, the bench database's backends)",
+          r.postgres_cpu_ms_per_job),
          ("statements per job (pg_stat_statements)",
           r.pg_stat_statements_per_job if r.pg_stat_statements_per_job is not None
           else "n/a (pg_stat_statements not loaded)")],

@@ -74,6 +74,30 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return round(values.get("VmRSS", 0.0), 1), round(values.get("VmHWM", 0.0), 1)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (ends of processes gone are lost)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def database_backends(url: str) -> list[int]:
+    """Pids of the Postgres backends connected to this database (same machine)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+
+
 class Instances:
     """Service subprocesses, as users run them (`jobservice run`)."""
 
@@ -95,6 +119,9 @@ class Instances:
                 if time.monotonic() > deadline:
                     raise TimeoutError("service not ready in time")
                 await asyncio.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds([proc.pid for proc in self.procs])
 
     async def scrape(self, name: str) -> float:
         texts = [await asyncio.to_thread(_http_get, f"http://127.0.0.1:{p}/metrics")
