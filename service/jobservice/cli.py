@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             await service.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(main, backend_options={"use_uvloop": settings.event_loop == "uvloop"})
+    anyio.run(main, backend_options={"use_uvloop": settings.use_uvloop()})
     return service.exit_code
 
 

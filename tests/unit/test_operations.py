@@ -129,3 +129,12 @@ def test_passwords_are_masked_in_urls() -> None:
     assert mask_url("postgresql://app:s3cret@db:5432/jobs") == "postgresql://app:***@db:5432/jobs"
     assert "s3cret" not in mask_url("amqp://u:s3cret@mq/")
     assert mask_url("postgresql://postgres@127.0.0.1/x") == "postgresql://postgres@127.0.0.1/x"
+
+
+def test_event_loop_setting_picks_uvloop_when_installed_unless_told_otherwise() -> None:
+    import importlib.util
+
+    installed = importlib.util.find_spec("uvloop") is not None
+    assert Settings(event_loop="auto").use_uvloop() is installed
+    assert Settings(event_loop="asyncio").use_uvloop() is False
+    assert Settings(event_loop="uvloop").use_uvloop() is True
