@@ -94,6 +94,15 @@ UPDATE t_job_info AS j
  WHERE j.id = f.id AND j.attempt = f.attempt AND j.instance_id = $9 AND j.status = 'RUNNING'
 RETURNING j.id, j.ended_at, j.status;
 
+-- name: finish_and_claim
+-- finish_jobs and claim_jobs in one round trip; see sql/005_performance.sql.
+SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
+       parameters, max_retries, retry_backoff_s, failures, reschedules, context,
+       selected_elements, environment, finished
+  FROM jobservice_finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                   $14, $15, $16::text[], $17::text[], $18::text[],
+                                   $19::text[]);
+
 -- name: write_completion
 -- Completion and the current message (ctx.message) of many running jobs.
 UPDATE t_job_info AS j

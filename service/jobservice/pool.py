@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # stop: ABORTED; shutdown: handed back to QUEUED; lost: the lease is gone and the job may
 # already be rescued elsewhere, so nothing is written.
 CancelReason = Literal["stop", "shutdown", "lost"]
+# What `Store.finish_and_claim` returns: applied ids, claimed jobs, expired jobs.
+FinishAndClaim = tuple[set[UUID], list[ClaimedJob], list[JobRef]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,13 @@ class WorkerPool:
         self._busy = 0
         self._slot_freed = anyio.Event()
         self._running: dict[UUID, RunningJob] = {}
+        # Runs whose final write also claimed: their slots went to the claimed jobs.
+        self._handed_over: set[UUID] = set()
+        # A claim starts jobs (RUNNING) in the database before they run here: a stop notice
+        # arriving meanwhile is kept until they are launched.
+        self._claims_in_flight = 0
+        self._early_stops: set[UUID] = set()
+        self._claims_settled = anyio.Event()
         self._task_group: TaskGroup | None = None
         self.finished = 0  # runs ended (any final status or handed back)
         metrics.pool_capacity.set(capacity)
@@ -134,6 +143,67 @@ class WorkerPool:
         self._busy -= count
         self._metrics.pool_busy.set(self._busy)
         self._slot_freed.set()
+
+    def _free_slot_of(self, job_id: UUID) -> None:
+        """A run is over: free its slot, unless its final write handed it to a claimed job."""
+        if job_id in self._handed_over:
+            self._handed_over.discard(job_id)
+        else:
+            self._release()
+
+    async def write_finals(
+        self, runs: Sequence[FinishedRun], limit: int,
+        finish_and_claim: Callable[[int], Awaitable[FinishAndClaim]],
+    ) -> tuple[set[UUID], int]:
+        """Write the final statuses of `runs` and claim up to `limit` jobs in the same round
+        trip: the slots the runs free first, then free ones. Returns the ids whose write
+        applied and how many jobs were claimed (they are started here)."""
+        free = max(0, limit - len(runs))  # slots taken beyond those the runs hand over
+        self.reserve(free)
+        self.claim_begins()
+        try:
+            applied, claimed, expired = await finish_and_claim(limit)
+        except BaseException:
+            self._release(free)
+            self.claim_ends()
+            raise
+        # The runs hand their slots over: busy goes from (before + free) to
+        # (before - len(runs) + claimed), never above capacity since claimed <= limit.
+        self._handed_over.update(r.id for r in runs)
+        self._busy += len(claimed) - free - len(runs)
+        self._metrics.pool_busy.set(self._busy)
+        if len(claimed) < limit:
+            self._slot_freed.set()
+        if expired:
+            self.record_expired(expired)
+        assert self._task_group is not None, "pool not bound to a task group"
+        # Started in another task: preparing may itself wait for a final write.
+        self._task_group.start_soon(self._start_claimed, claimed)
+        return applied, len(claimed)
+
+    async def _start_claimed(self, claimed: Sequence[ClaimedJob]) -> None:
+        try:
+            await self.start(claimed)
+        finally:
+            self.claim_ends()
+
+    def claim_begins(self) -> None:
+        if self._claims_in_flight == 0:
+            self._claims_settled = anyio.Event()
+        self._claims_in_flight += 1
+
+    def claim_ends(self) -> None:
+        """After the claimed jobs were launched (or the claim failed)."""
+        self._claims_in_flight -= 1
+        if self._claims_in_flight == 0:
+            self._early_stops.clear()
+            self._claims_settled.set()
+
+    async def claims_settled(self) -> None:
+        """Once no claim is in flight (shutdown: once the scheduler stopped, every job claimed
+        is then running here, so the grace period and hand-back see them all)."""
+        if self._claims_in_flight:
+            await self._claims_settled.wait()
 
     @property
     def runnable(self) -> list[str]:
@@ -187,7 +257,7 @@ class WorkerPool:
         ctx = self._context(claim, job)
         running = RunningJob(claim, ctx)
         self._running[claim.id] = running
-        if stop_requested:
+        if stop_requested or claim.id in self._early_stops:
             self.cancel(claim.id, "stop")
         self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
 
@@ -234,13 +304,15 @@ class WorkerPool:
                 await self._store.fail_claimed(claim.id, self._instance_id, error.value,
                                                str(exc))
             self._metrics.transitions.labels(JobStatus.FAILED.value).inc()
-            self._release()
+            self._free_slot_of(claim.id)
             return None
 
     def cancel(self, job_id: UUID, reason: CancelReason) -> bool:
         """Cancel a job running here; False if it does not run here."""
         running = self._running.get(job_id)
         if running is None:
+            if self._claims_in_flight:
+                self._early_stops.add(job_id)  # it may be one being started right now
             return False
         if running.cancel_reason is None:
             running.cancel_reason = reason
@@ -294,7 +366,7 @@ class WorkerPool:
         finally:
             self._running.pop(claim.id, None)
             self.finished += 1
-            self._release()
+            self._free_slot_of(claim.id)
             running.done.set()
 
     def _count_outcome(self, claim: ClaimedJob, outcome: FinishedRun, seconds: float) -> None:

@@ -8,12 +8,14 @@ trip."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from uuid import UUID
 
 import anyio
 
 from jobservice.batching import TRANSIENT_DB_ERRORS
 from jobservice.pool import WorkerPool
-from jobservice.store import ClaimFilter, Store
+from jobservice.store import ClaimFilter, FinishedRun, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +70,31 @@ class Scheduler:
                     log.info("claimed as many jobs as --max-jobs allows; claiming no more")
                     self.budget_spent.set()
                     return
-            self._pool.reserve(free)
             try:
-                claimed, expired = await self._store.claim_jobs(self._instance_id, free,
-                                                                self._filter,
-                                                                self._pool.runnable)
+                claimed = await self._claim(free)
             except TRANSIENT_DB_ERRORS as exc:
-                self._pool.reserve(-free)
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
                 with self._interruptible():
                     await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            backoff = 0.1
+            if claimed < free:
+                timeout = await self._idle_timeout()
+                with self._interruptible(), anyio.move_on_after(timeout):
+                    await self._wake.wait()
+
+    async def _claim(self, free: int) -> int:
+        """Claim (and start) up to `free` jobs; returns how many were claimed."""
+        self._pool.reserve(free)
+        self._pool.claim_begins()
+        try:
+            try:
+                claimed, expired = await self._store.claim_jobs(
+                    self._instance_id, free, self._filter, self._pool.runnable)
             except BaseException:
                 self._pool.reserve(-free)
                 raise
-            backoff = 0.1
             self.claims += 1
             if self.budget is not None:
                 self.budget -= len(claimed)
@@ -93,10 +104,23 @@ class Scheduler:
                 self._pool.record_expired(expired)
             if claimed:
                 await self._pool.start(claimed)
-            if len(claimed) < free:
-                timeout = await self._idle_timeout()
-                with self._interruptible(), anyio.move_on_after(timeout):
-                    await self._wake.wait()
+            return len(claimed)
+        finally:
+            self._pool.claim_ends()
+
+    async def write_finals(self, runs: Sequence[FinishedRun]) -> set[UUID]:
+        """The finisher's write: the final statuses of `runs` and, in the same round trip,
+        the claim of the slots they free and any other free ones (within `--max-jobs` and
+        the claim filters; nothing once stopping). Returns the ids whose write applied."""
+        limit = 0 if self._stopping else self._pool.free_slots + len(runs)
+        if self.budget is not None:
+            limit = min(limit, self.budget)
+        applied, claimed = await self._pool.write_finals(
+            runs, limit, lambda limit: self._store.finish_and_claim(
+                runs, self._instance_id, limit, self._filter, self._pool.runnable))
+        if self.budget is not None:
+            self.budget -= claimed
+        return applied
 
     async def _idle_timeout(self) -> float:
         """Sleep until the next wake-up, the fallback poll, or the earliest not-before time

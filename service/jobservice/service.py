@@ -141,8 +141,9 @@ class JobService:
 
     async def _serve(self, tg: TaskGroup, store: Store, broker: Broker) -> None:
         s = self.settings
+        # Final writes claim the slots they free in the same round trip (Scheduler).
         finisher: BatchWriter[FinishedRun, set[UUID]] = BatchWriter(
-            "finish", lambda runs: store.finish_jobs(runs, s.instance_id))
+            "finish", lambda runs: scheduler.write_finals(runs))
 
         async def write_completion(writes: Sequence[CompletionWrite]) -> None:
             await store.write_completion(writes, s.instance_id)
@@ -250,6 +251,7 @@ class JobService:
             await broker.stop_consuming()
             scheduler.stop()
             await scheduler.stopped.wait()
+            await pool.claims_settled()  # a final write in flight may have claimed too
             with anyio.move_on_after(s.shutdown_grace_s):
                 await pool.wait_idle()
             await pool.cancel_all_and_wait("shutdown")

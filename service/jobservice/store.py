@@ -26,8 +26,8 @@ STOP_CHANNEL = "jobservice_stop"
 _MIGRATION_LOCK = 7310000
 _RELAY_LOCK = 7310002
 # Statements whose rows fire the outbox trigger: after them the relay has work.
-_WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "write_completion",
-                            "fail_claimed", "stop_job"})
+_WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "finish_and_claim",
+                            "write_completion", "fail_claimed", "stop_job"})
 _CLAIMED = frozenset({JobStatus.TO_BE_RUN.value, JobStatus.RUNNING.value})
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 
@@ -207,6 +207,30 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction is still rolled back by asyncpg before this is called."""
 
 
+def _filter_args(f: ClaimFilter) -> tuple[list[str] | None, list[str] | None, list[str] | None]:
+    return (None if f.tenants is None else list(f.tenants),
+            None if f.exclude_tenants is None else list(f.exclude_tenants),
+            None if f.job_types is None else list(f.job_types))
+
+
+def _claimed(rows: Sequence[asyncpg.Record]) -> tuple[list[ClaimedJob], list[JobRef]]:
+    claimed = [
+        ClaimedJob(
+            id=r["id"], status=JobStatus(r["status"]), tenant=r["tenant"],
+            job_class=r["job_class"], priority=r["priority"], owner=r["owner"],
+            attempt=r["attempt"], created_at=r["created_at"], queued_at=r["queued_at"],
+            parameters=r["parameters"] or {}, max_retries=r["max_retries"],
+            retry_backoff_s=r["retry_backoff_s"], failures=r["failures"],
+            reschedules=r["reschedules"], context=r["context"],
+            selected_elements=r["selected_elements"], environment=r["environment"],
+        )
+        for r in rows if r["status"] in _CLAIMED
+    ]
+    expired = [JobRef(r["id"], r["tenant"], r["job_class"])
+               for r in rows if r["status"] not in _CLAIMED]
+    return claimed, expired
+
+
 class Store:
     """Owns the asyncpg pool; each method is one transaction with one or two statements."""
 
@@ -356,28 +380,28 @@ class Store:
         """Claimed jobs, and the expired ones met on the way (now FAILED). Claimed jobs of the
         `runnable` classes come back RUNNING (started in the same transaction), the others
         TO_BE_RUN."""
-        f = claim_filter
+        return _claimed(await self._fetch("claim_jobs", instance_id, limit,
+                                          *_filter_args(claim_filter), list(runnable)))
+
+    async def finish_and_claim(self, runs: Sequence[FinishedRun], instance_id: str, limit: int,
+                               claim_filter: ClaimFilter = ClaimFilter(),
+                               runnable: Sequence[str] = ()
+                               ) -> tuple[set[UUID], list[ClaimedJob], list[JobRef]]:
+        """`finish_jobs` then `claim_jobs(limit)` in one round trip (one transaction): the ids
+        whose write applied, the claimed jobs, the expired ones. Re-queued runs (retry,
+        reschedule) wake the claimers (NOTIFY in the function)."""
         rows = await self._fetch(
-            "claim_jobs", instance_id, limit,
-            None if f.tenants is None else list(f.tenants),
-            None if f.exclude_tenants is None else list(f.exclude_tenants),
-            None if f.job_types is None else list(f.job_types), list(runnable))
-        claimed = [
-            ClaimedJob(
-                id=r["id"], status=JobStatus(r["status"]), tenant=r["tenant"],
-                job_class=r["job_class"],
-                priority=r["priority"], owner=r["owner"], attempt=r["attempt"],
-                created_at=r["created_at"], queued_at=r["queued_at"],
-                parameters=r["parameters"] or {}, max_retries=r["max_retries"],
-                retry_backoff_s=r["retry_backoff_s"], failures=r["failures"],
-                reschedules=r["reschedules"], context=r["context"],
-                selected_elements=r["selected_elements"], environment=r["environment"],
-            )
-            for r in rows if r["status"] in _CLAIMED
-        ]
-        expired = [JobRef(r["id"], r["tenant"], r["job_class"])
-                   for r in rows if r["status"] not in _CLAIMED]
-        return claimed, expired
+            "finish_and_claim", instance_id,
+            [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
+            [r.percent for r in runs], [r.error_type for r in runs],
+            [r.error_message for r in runs], [r.stack_trace for r in runs],
+            [r.result_json for r in runs], [r.delay_s for r in runs],
+            [r.failed for r in runs], [r.rescheduled for r in runs],
+            [r.message_key for r in runs], [r.message_params_json for r in runs], limit,
+            *_filter_args(claim_filter), list(runnable),
+        )
+        claimed, expired = _claimed([r for r in rows if not r["finished"]])
+        return {r["id"] for r in rows if r["finished"]}, claimed, expired
 
     async def next_run_after(self) -> float | None:
         """Seconds until the earliest not-before time of a queued job (None: none waits)."""

@@ -102,3 +102,28 @@ async def test_every_submission_of_a_batch_is_acknowledged_after_its_commit(
     await wait_until(closed, timeout=30)
     # unacknowledged messages would be back in the queue once the instance let go of them
     assert await queue_depth(service.settings.submit_queue) == 0
+
+
+async def test_final_writes_that_claim_never_run_more_jobs_than_the_pool(
+    start_service: ServiceFactory, db: asyncpg.Connection
+) -> None:
+    await insert_queued(db, "a", 60)
+    await insert_queued(db, "b", 60)
+    service = await start_service(pool_size=3)
+
+    async def all_succeeded() -> bool:
+        return await db.fetchval(
+            "SELECT count(*) FROM t_job_info WHERE status = 'SUCCEEDED'") == 120
+
+    await wait_until(all_succeeded, timeout=60)
+    rows = await db.fetch("SELECT started_at, ended_at FROM t_job_info")
+    moments = sorted([(r["started_at"], 1) for r in rows] + [(r["ended_at"], -1) for r in rows])
+    running, most = 0, 0
+    for _, step in moments:  # an end before a start at the same instant
+        running += step
+        most = max(most, running)
+    assert most <= 3
+    assert service.scheduler is not None and service.pool is not None
+    assert service.pool.busy == 0
+    # most of the work was claimed by final writes, not by separate claims
+    assert service.scheduler.claims < 120 / 3
