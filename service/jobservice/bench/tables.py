@@ -65,6 +65,7 @@ async def _claim_cost(conn: asyncpg.Connection, limit: int) -> dict[str, float]:
     await tx.rollback()
     node = plan["Plan"]
     return {"claim_ms_median": round(statistics.median(times) * 1000, 3),
+            "claim_ms_min": round(min(times) * 1000, 3),
             "claim_buffers": node["Shared Hit Blocks"] + node["Shared Read Blocks"],
             "explain_ms": round(plan["Execution Time"], 3), "and_start": "and_start" in claim}
 
@@ -85,7 +86,8 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
             large = await _claim_cost(conn, limit)
         finally:
             await conn.close()
-    ratio = round(large["claim_ms_median"] / max(small["claim_ms_median"], 1e-6), 2)
+    # The fastest of the claims: the least disturbed by other processes on a shared machine.
+    ratio = round(large["claim_ms_min"] / max(small["claim_ms_min"], 1e-6), 2)
     figures: dict[str, Any] = {
         "small_rows": o.small_rows, "large_rows": o.large_rows, "tenants": o.tenants,
         "claim_limit": limit, "fill_s": round(fill_s, 1),
@@ -97,11 +99,13 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
     return ScenarioResult(
         "scale", f"claim cost: {o.small_rows:,} vs {o.large_rows:,} queued rows, "
                  f"{o.tenants} tenants, claims of {limit} (median of {_CLAIMS})",
-        [("claim time, small / large table (ms)",
+        [("claim time median, small / large table (ms)",
           f"{small['claim_ms_median']} / {large['claim_ms_median']}"),
+         ("claim time fastest, small / large table (ms)",
+          f"{small['claim_ms_min']} / {large['claim_ms_min']}"),
          ("claim buffers (EXPLAIN), small / large table",
           f"{small['claim_buffers']} / {large['claim_buffers']}"),
-         ("large / small time ratio", ratio),
+         ("large / small time ratio (fastest claims)", ratio),
          ("large / small buffers ratio", figures["buffers_ratio"])],
         figures)
 
