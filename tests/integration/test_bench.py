@@ -14,7 +14,7 @@ from rich.console import Console
 
 from jobservice.bench import SCENARIOS, BenchOptions, print_result, run_scenario
 from jobservice.bench.fairness import competition_shares
-from jobservice.bench.harness import EventLog, jain_index
+from jobservice.bench.harness import EventLog, check_loopback, jain_index
 from jobservice.cli import SCENARIO_NAMES
 from tests.conftest import make_settings
 
@@ -92,3 +92,9 @@ def test_competition_window_runs_from_the_last_first_queue_to_the_first_last_sta
     log.first["RUNNING"] = {"a1": 2, "a2": 3, "a3": 10, "b1": 4}
     shares, window = competition_shares(log)
     assert shares == {"a": 2, "b": 1} and window == 3
+
+
+def test_the_bench_refuses_anything_but_loopback() -> None:
+    check_loopback("postgresql://postgres@127.0.0.1:5432/x", "amqp://guest:guest@localhost/")
+    with pytest.raises(ValueError, match="loopback only"):
+        check_loopback("postgresql://postgres@db.example.com:5432/x")

@@ -165,10 +165,22 @@ class BenchTarget:
                 "JOBSERVICE_AMQP_URL": self.settings.amqp_url, **overrides}
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def check_loopback(*urls: str) -> None:
+    """The bench drops and creates databases and measures a machine: loopback only."""
+    for url in urls:
+        host = urlsplit(url).hostname
+        if host not in _LOOPBACK:
+            raise ValueError(f"jobservice bench runs against loopback only, not {host!r}")
+
+
 @asynccontextmanager
 async def bench_target(settings: Settings, database: str, migrate: bool = False
                        ) -> AsyncIterator[BenchTarget]:
     """A fresh database (migrated when asked) and namespace; both removed afterwards."""
+    check_loopback(settings.database_url, settings.amqp_url)
     target = BenchTarget(settings, database)
     await _admin(target.admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     await _admin(target.admin_url, f'CREATE DATABASE "{database}"')
