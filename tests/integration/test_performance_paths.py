@@ -132,3 +132,24 @@ async def test_final_writes_that_claim_never_run_more_jobs_than_the_pool(
     await wait_until(idle, timeout=10)
     # most of the work was claimed by final writes, not by separate claims
     assert service.scheduler.claims < 120 / 3
+
+
+async def test_a_stop_notice_during_a_claim_stops_the_job_it_starts(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    """A claim starts jobs (RUNNING) in the database before they run here: a stop notice that
+    arrives meanwhile (the job is not in the pool yet) must still stop the job once it runs."""
+    service = await start_service(pool_size=2)
+    pool = service.pool
+    assert pool is not None
+    async with client.subscribe("#") as events:
+        pool.claim_begins()  # as if a claim were in flight
+        try:
+            [job_id] = await insert_queued(db, "alpha", 1, job_class="tests.wait_forever")
+            assert pool.cancel(job_id, "stop") is False  # not here yet: kept for the launch
+            await db.execute("SELECT pg_notify('jobservice_work', '')")
+            seen = await wait_for_status(events, job_id, "ABORTED")
+        finally:
+            pool.claim_ends()
+    assert [e.status for e in seen][-3:] == ["TO_BE_RUN", "RUNNING", "ABORTED"]
+    assert seen[-1].error is not None and seen[-1].error.type == "stopped"
