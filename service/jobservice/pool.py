@@ -101,6 +101,8 @@ class WorkerPool:
         self._metrics = metrics
         self._threads = anyio.CapacityLimiter(capacity)
         self._busy = 0
+        # Slots held for claims in flight: busy for the scheduler, not jobs for the gauge.
+        self._held_for_claims = 0
         self._slot_freed = anyio.Event()
         self._running: dict[UUID, RunningJob] = {}
         # Runs whose final write also claimed: their slots went to the claimed jobs.
@@ -133,15 +135,32 @@ class WorkerPool:
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
 
-    def reserve(self, count: int) -> None:
+    def _reserve(self, count: int) -> None:
         if count > self.free_slots:
             raise RuntimeError(f"claimed {count} jobs with {self.free_slots} free slots")
         self._busy += count
-        self._metrics.pool_busy.set(self._busy)
+        self._publish_busy()
+
+    def hold_for_claim(self, count: int) -> None:
+        """Take `count` free slots for a claim about to run (see `settle_claim`)."""
+        if count > self.free_slots:
+            raise RuntimeError(f"claimed {count} jobs with {self.free_slots} free slots")
+        self._held_for_claims += count
+        self._reserve(count)
+
+    def settle_claim(self, held: int, claimed: int) -> None:
+        """The claim returned `claimed` jobs: they keep their slots, the rest are given back."""
+        self._held_for_claims -= held
+        self._release(held - claimed)
+
+    def _publish_busy(self) -> None:
+        # The gauge shows jobs claimed or running here, not slots held while a claim is
+        # in flight (an idle instance would otherwise flicker to "full" at every claim).
+        self._metrics.pool_busy.set(self._busy - self._held_for_claims)
 
     def _release(self, count: int = 1) -> None:
         self._busy -= count
-        self._metrics.pool_busy.set(self._busy)
+        self._publish_busy()
         self._slot_freed.set()
 
     def _free_slot_of(self, job_id: UUID) -> None:
@@ -159,19 +178,20 @@ class WorkerPool:
         trip: the slots the runs free first, then free ones. Returns the ids whose write
         applied and how many jobs were claimed (they are started here)."""
         free = max(0, limit - len(runs))  # slots taken beyond those the runs hand over
-        self.reserve(free)
+        self.hold_for_claim(free)
         self.claim_begins()
         try:
             applied, claimed, expired = await finish_and_claim(limit)
         except BaseException:
-            self._release(free)
+            self.settle_claim(free, 0)
             self.claim_ends()
             raise
         # The runs hand their slots over: busy goes from (before + free) to
         # (before - len(runs) + claimed), never above capacity since claimed <= limit.
         self._handed_over.update(r.id for r in runs)
+        self._held_for_claims -= free
         self._busy += len(claimed) - free - len(runs)
-        self._metrics.pool_busy.set(self._busy)
+        self._publish_busy()
         if len(claimed) < limit:
             self._slot_freed.set()
         if expired:

@@ -86,20 +86,20 @@ class Scheduler:
 
     async def _claim(self, free: int) -> int:
         """Claim (and start) up to `free` jobs; returns how many were claimed."""
-        self._pool.reserve(free)
+        self._pool.hold_for_claim(free)
         self._pool.claim_begins()
         try:
             try:
                 claimed, expired = await self._store.claim_jobs(
                     self._instance_id, free, self._filter, self._pool.runnable)
             except BaseException:
-                self._pool.reserve(-free)
+                self._pool.settle_claim(free, 0)
                 raise
             self.claims += 1
             if self.budget is not None:
                 self.budget -= len(claimed)
             # Give back the slots the claim did not fill.
-            self._pool.reserve(len(claimed) - free)
+            self._pool.settle_claim(free, len(claimed))
             if expired:
                 self._pool.record_expired(expired)
             if claimed:
