@@ -4,7 +4,7 @@ outbox relay's leadership lock. Reconnects with backoff when the database goes a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -18,11 +18,14 @@ log = logging.getLogger(__name__)
 
 class DatabaseListener:
     def __init__(self, store: Store, handlers: dict[str, Callable[[str], None]],
-                 check_interval_s: float, on_connect: Callable[[], None]) -> None:
+                 check_interval_s: float, on_connect: Callable[[], None],
+                 catch_up: Callable[[], Awaitable[None]] | None = None) -> None:
         self._store = store
         self._handlers = handlers
         self._check_interval = check_interval_s
         self._on_connect = on_connect
+        # After each (re)connection, once listening: redo what missed notifications asked.
+        self._catch_up = catch_up
         self.is_relay_leader = False
         self.connected = False
         self.first_connection = anyio.Event()
@@ -50,6 +53,8 @@ class DatabaseListener:
             self.connected = True
             self.first_connection.set()
             self._on_connect()  # we may have missed notifications while away
+            if self._catch_up is not None:
+                await self._catch_up()
             while not lost.is_set():
                 if not self.is_relay_leader:
                     self.is_relay_leader = await self._store.try_relay_leadership(conn)

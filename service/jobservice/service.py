@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
@@ -180,7 +181,8 @@ class JobService:
             store,
             {WORK_CHANNEL: lambda _: scheduler.wake(), OUTBOX_CHANNEL: lambda _: relay.kick(),
              STOP_CHANNEL: on_stop_notice},
-            check_interval_s=min(s.poll_interval_s, s.heartbeat_s), on_connect=on_reconnect)
+            check_interval_s=min(s.poll_interval_s, s.heartbeat_s), on_connect=on_reconnect,
+            catch_up=functools.partial(_catch_up_stops, store, pool, s.instance_id))
         relay = OutboxRelay(store, broker, listener, self.metrics, s.poll_interval_s)
         self.pool, self.scheduler, self.relay, self.listener = pool, scheduler, relay, listener
 
@@ -308,3 +310,11 @@ class JobService:
 
 def _tuple(names: list[str] | None) -> tuple[str, ...] | None:
     return None if names is None else tuple(names)
+
+
+async def _catch_up_stops(store: Store, pool: WorkerPool, instance_id: str) -> None:
+    """A stop whose NOTIFY came while the listener was disconnected is only a flag in the
+    database: act on it once listening again."""
+    for job_id in await store.stop_requested_jobs(instance_id):
+        if pool.cancel(job_id, "stop"):
+            log.info("job %s: stop requested while the listener was away", job_id)

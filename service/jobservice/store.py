@@ -258,7 +258,8 @@ class Store:
 
     async def connect_listener(self) -> asyncpg.Connection:
         """A dedicated connection for LISTEN and the relay's leadership lock."""
-        return await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
+        return await asyncpg.connect(self._dsn, server_settings={
+            "search_path": self._schema, "application_name": "jobservice-listener"})
 
     async def ping(self) -> bool:
         try:
@@ -456,6 +457,7 @@ class Store:
         return [r["id"] for r in rows]
 
     async def stop_requested_jobs(self, instance_id: str) -> list[UUID]:
+        """Jobs running here whose stop was requested (their notice may have been missed)."""
         return [r["id"] for r in await self._fetch("stop_requested_jobs", instance_id)]
 
     # -- leases ---------------------------------------------------------------------------

@@ -191,3 +191,28 @@ async def test_enqueue_of_a_pending_job_is_counted(
                                  reply.id) == "SUCCEEDED"
 
     await wait_until(done)
+
+
+async def test_a_stop_whose_notice_was_missed_takes_effect_when_the_listener_reconnects(
+    start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
+) -> None:
+    service = await start_service(poll_interval_s=0.5, heartbeat_s=0.5)
+    async with client.subscribe("#") as events:
+        reply = await client.submit("alpha", "tests.wait_forever")
+        assert reply is not None and reply.id is not None
+        await wait_for_status(events, reply.id, "RUNNING")
+        # A stop requested while the instance's listener was away: the flag is in the
+        # database, its NOTIFY went nowhere.
+        await db.execute("UPDATE t_job_info SET stop_requested = true WHERE id = $1", reply.id)
+        assert await db.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'jobservice-listener' AND datname = current_database()")
+        seen = await wait_for_status(events, reply.id, "ABORTED", timeout=20)
+    assert seen[-1].error is not None and seen[-1].error.type == "stopped"
+    pool = service.pool
+    assert pool is not None
+
+    async def slot_freed() -> bool:
+        return pool.busy == 0
+
+    await wait_until(slot_freed)
