@@ -68,34 +68,9 @@ UPDATE t_job_info SET status = 'RUNNING'
  WHERE id = ANY($1::uuid[]) AND status = 'TO_BE_RUN' AND instance_id = $2
 RETURNING id, stop_requested, started_at;
 
--- name: finish_jobs
--- Final writes of many runs in one statement, each guarded by (instance, attempt). A run
--- may also end back in QUEUED (automatic retry, reschedule, worker abort) with a delay
--- before its next attempt and its retry/reschedule counters increased.
-UPDATE t_job_info AS j
-   SET status = f.status,
-       percent_completed = coalesce(f.percent, j.percent_completed),
-       error_type = f.error_type,
-       error_message = f.error_message,
-       stack_trace = f.stack_trace,
-       result = f.result::jsonb,
-       run_after = CASE WHEN f.delay_s IS NULL THEN j.run_after
-                        ELSE clock_timestamp() + make_interval(secs => f.delay_s) END,
-       failures = j.failures + f.failed,
-       reschedules = j.reschedules + f.rescheduled,
-       message_key = coalesce(f.message_key, j.message_key),
-       message_params = CASE WHEN f.message_key IS NULL THEN j.message_params
-                             ELSE f.message_params::jsonb END
-  FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::integer[], $5::text[], $6::text[],
-              $7::text[], $8::text[], $10::float8[], $11::integer[], $12::integer[],
-              $13::text[], $14::text[])
-       AS f(id, attempt, status, percent, error_type, error_message, stack_trace, result,
-            delay_s, failed, rescheduled, message_key, message_params)
- WHERE j.id = f.id AND j.attempt = f.attempt AND j.instance_id = $9 AND j.status = 'RUNNING'
-RETURNING j.id, j.ended_at, j.status;
-
 -- name: finish_and_claim
--- finish_jobs and claim_jobs in one round trip; see sql/005_performance.sql.
+-- Final writes of many runs (each guarded by instance and attempt; a run may also go back to
+-- QUEUED with a delay) and the next claim in one round trip; see sql/005_performance.sql.
 SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
        parameters, max_retries, retry_backoff_s, failures, reschedules, context,
        selected_elements, environment, finished

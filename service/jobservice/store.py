@@ -139,7 +139,7 @@ class StartedJob:
 
 @dataclass(frozen=True, slots=True)
 class FinishedRun:
-    """The end of one attempt, written by `Store.finish_jobs`."""
+    """The end of one attempt, written by `Store.finish_and_claim`."""
 
     id: UUID
     attempt: int
@@ -261,14 +261,6 @@ class Store:
         return await asyncpg.connect(self._dsn, server_settings={
             "search_path": self._schema, "application_name": "jobservice-listener"})
 
-    async def ping(self) -> bool:
-        try:
-            async with self._pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
-            return True
-        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
-            return False
-
     # -- migrations -----------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
@@ -388,9 +380,9 @@ class Store:
                                claim_filter: ClaimFilter = ClaimFilter(),
                                runnable: Sequence[str] = ()
                                ) -> tuple[set[UUID], list[ClaimedJob], list[JobRef]]:
-        """`finish_jobs` then `claim_jobs(limit)` in one round trip (one transaction): the ids
-        whose write applied, the claimed jobs, the expired ones. Re-queued runs (retry,
-        reschedule) wake the claimers (NOTIFY in the function)."""
+        """The final writes of `runs`, then `claim_jobs(limit)`, in one round trip (one
+        transaction): the ids whose write applied, the claimed jobs, the expired ones.
+        Re-queued runs (retry, reschedule) wake the claimers (NOTIFY in the function)."""
         rows = await self._fetch(
             "finish_and_claim", instance_id,
             [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
@@ -412,27 +404,6 @@ class Store:
     async def mark_running(self, ids: Sequence[UUID], instance_id: str) -> list[StartedJob]:
         rows = await self._fetch("mark_running", list(ids), instance_id)
         return [StartedJob(r["id"], r["stop_requested"], r["started_at"]) for r in rows]
-
-    async def finish_jobs(self, runs: Sequence[FinishedRun], instance_id: str) -> set[UUID]:
-        """Write final statuses (or QUEUED for another attempt); returns the ids whose write
-        applied (guarded by attempt). Re-queued jobs wake the claimers (NOTIFY)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                QUERIES["finish_jobs"],
-                [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
-                [r.percent for r in runs], [r.error_type for r in runs],
-                [r.error_message for r in runs], [r.stack_trace for r in runs],
-                [r.result_json for r in runs], instance_id, [r.delay_s for r in runs],
-                [r.failed for r in runs], [r.rescheduled for r in runs],
-                [r.message_key for r in runs], [r.message_params_json for r in runs],
-            )
-            self.statements += 1
-            if any(r["status"] == JobStatus.QUEUED for r in rows):
-                await conn.execute(QUERIES["notify_work"])
-                self.statements += 1
-        if rows:
-            self.on_events_written()
-        return {r["id"] for r in rows}
 
     async def write_completion(self, writes: Sequence[CompletionWrite], instance_id: str) -> None:
         await self._execute(
