@@ -212,3 +212,37 @@ async def test_fairness_holds_across_two_instances(
     positions = [n for n, tenant in enumerate(order) if tenant == "small"]
     assert max(positions) < 26, positions  # round robin is global, not per instance
     assert await db.fetchval("SELECT count(DISTINCT instance_id) FROM t_job_info") == 2
+
+
+async def test_claim_keeps_index_plans_made_while_the_table_was_small(
+    db: asyncpg.Connection,
+) -> None:
+    """PL/pgSQL keeps a generic plan per statement after five runs. Made on a small table,
+    the claim's plans scanned the table (or sorted a tenant's rows) instead of using the
+    queued index, and kept doing so as it grew (sql/006_stable_plans.sql). The plans of the
+    statements inside the claim, as auto_explain reports them, must use the indexes."""
+    await db.execute("SELECT jobservice_renew_lease('plans', 60)")
+    tenants = [f"t{n}" for n in range(10)]
+    for _ in range(10):  # warm this connection's plan cache while the table is small
+        for tenant in tenants:
+            await insert_queued(db, tenant, 50)
+        await db.fetch("SELECT * FROM jobservice_claim_and_start('plans', 8, NULL, NULL, NULL, "
+                       "ARRAY['jobservice.noop'])")
+    for tenant in tenants:
+        await insert_queued(db, tenant, 2000)
+    plans: list[str] = []
+    db.add_log_listener(lambda _conn, message: plans.append(message.message))
+    await db.execute("LOAD 'auto_explain'")
+    await db.execute("SET auto_explain.log_min_duration = 0")
+    await db.execute("SET auto_explain.log_nested_statements = on")
+    await db.execute("SET client_min_messages = log")
+    claimed = await db.fetch("SELECT * FROM jobservice_claim_and_start('plans', 8, NULL, NULL, "
+                             "NULL, ARRAY['jobservice.noop'])")
+    await db.execute("RESET client_min_messages")
+    assert len(claimed) == 8
+    picks = [plan for plan in plans if "j.tenant = v_tenant" in plan]
+    assert picks, plans
+    for plan in picks:  # each tenant's best job: straight from the queued index, no sort
+        assert "Index Scan using t_job_info_queued_idx" in plan and "Sort" not in plan, plan
+    for plan in plans:
+        assert "Seq Scan on t_job_info" not in plan, plan
