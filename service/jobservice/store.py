@@ -564,7 +564,7 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     async def fetch_outbox(self, limit: int, delete: Sequence[int] = ()) -> list[OutboxEvent]:
-        """The oldest `limit` events, after deleting `delete` (events the broker confirmed),
+        """The oldest `limit` events, after deleting `delete` (events the broker committed),
         in one statement."""
         rows = await self._fetch("fetch_outbox", limit, list(delete))
         return [OutboxEvent(r["id"], r["event_id"], r["seq"], r["routing_key"], r["body"])
