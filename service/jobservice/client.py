@@ -11,8 +11,15 @@ from datetime import datetime
 from typing import Any, Self
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 
+from jobservice.amqp_tx import OutgoingMessage, TransactionalPublisher
 from jobservice.model import EventMessage, ReplyMessage
 
 
@@ -42,6 +49,7 @@ class JobClient:
         self._channel: AbstractChannel | None = None
         self._reply_queue: str | None = None
         self._waiting: dict[str, asyncio.Future[ReplyMessage]] = {}
+        self._bulk: TransactionalPublisher | None = None  # submit_many's channel
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -64,6 +72,7 @@ class JobClient:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+            self._bulk = None
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._waiting.pop(message.correlation_id or "", None)
@@ -147,15 +156,18 @@ class JobClient:
         return await self._request(f"{self._ns}.submit", body, wait)
 
     async def submit_many(self, messages: Sequence[dict[str, Any]]) -> None:
-        """Publish many submissions, confirmed, without waiting for replies (bulk load)."""
-        assert self._channel is not None
-        exchange = self._channel.default_exchange
-        await asyncio.gather(*[
-            exchange.publish(aio_pika.Message(json.dumps(m).encode(),
-                                              content_type="application/json",
-                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                             routing_key=f"{self._ns}.submit")
-            for m in messages])
+        """Publish many submissions without waiting for replies (bulk load), in one broker
+        transaction: when this returns, the broker holds them all (jobservice.amqp_tx)."""
+        assert self._connection is not None, "call connect() first"
+        if self._bulk is None:
+            channel = await self._connection.channel(publisher_confirms=False)
+            assert isinstance(channel, AbstractRobustChannel)
+            self._bulk = TransactionalPublisher(channel)
+        properties = aiormq.spec.Basic.Properties(content_type="application/json",
+                                                  delivery_mode=2, user_id=self._user_id)
+        await self._bulk.publish(
+            OutgoingMessage(json.dumps(m).encode(), "", f"{self._ns}.submit", properties)
+            for m in messages)
 
     async def control(self, action: str, job_id: uuid.UUID | str, *, wait: bool = True,
                       check: bool = True) -> ReplyMessage | None:

@@ -36,6 +36,19 @@ async def test_tenant_access_control_by_amqp_user(
     assert await db.fetchval("SELECT count(*) FROM t_job_info") == 1
 
 
+async def test_bulk_submissions_carry_the_user_id(
+    start_service: ServiceFactory, namespace: str, db: asyncpg.Connection
+) -> None:
+    """submit_many (one broker transaction) sets the user id like submit does."""
+    await start_service(tenant_acl={"guest": ["alpha"]})
+    async with JobClient(AMQP_URL, namespace, user_id="guest") as guest:
+        await guest.submit_many([{"tenant": "alpha", "job_class": "jobservice.noop"}] * 3
+                                + [{"tenant": "beta", "job_class": "jobservice.noop"}])
+    dead = await read_queue(f"{namespace}.submit.dlq", 1)
+    assert str(dead[0].headers["x-jobservice-error"]).startswith("forbidden")
+    assert await db.fetchval("SELECT count(*) FROM t_job_info WHERE tenant = 'alpha'") == 3
+
+
 async def test_too_many_parameters_are_refused(
     start_service: ServiceFactory, client: JobClient, db: asyncpg.Connection
 ) -> None:

@@ -1,0 +1,48 @@
+"""Many messages in one broker transaction, on a robust channel of aio-pika.
+
+RabbitMQ's AMQP transactions are a batching feature: the broker takes responsibility for
+every message of the batch when it answers `tx.commit` (routed, and stored in durable
+queues). Per batch that is one round trip and no per-message acknowledgement, where publisher
+confirms cost a confirmation (a frame, a future, a task) per message: measured with aiormq
+at batches of 500, 40 us of client CPU per message instead of 95, and 17 us of broker CPU
+instead of 55 (docs/benchmarks.md). Messages go out in the given order on one channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiormq
+from aio_pika.abc import AbstractRobustChannel
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    body: bytes
+    exchange: str
+    routing_key: str
+    properties: aiormq.spec.Basic.Properties
+
+
+class TransactionalPublisher:
+    """Publishes batches in transactions on `channel` (opened without publisher confirms).
+    A reconnection of the robust channel brings a new underlying channel, which is put in
+    transaction mode before its first batch."""
+
+    def __init__(self, channel: AbstractRobustChannel) -> None:
+        self._channel = channel
+        self._selected: aiormq.Channel | None = None
+
+    async def publish(self, messages: Iterable[OutgoingMessage]) -> None:
+        """Returns once the broker committed them all; raises otherwise (then none of them
+        was taken: publish them again)."""
+        channel = await self._channel.get_underlay_channel()
+        assert isinstance(channel, aiormq.Channel)  # its basic_publish can skip the drain
+        if channel is not self._selected:
+            await channel.tx_select()
+            self._selected = channel
+        for message in messages:
+            await channel.basic_publish(
+                message.body, exchange=message.exchange, routing_key=message.routing_key,
+                properties=message.properties, mandatory=False, wait=False)
+        await channel.tx_commit()
