@@ -246,3 +246,31 @@ async def test_claim_keeps_index_plans_made_while_the_table_was_small(
         assert "Index Scan using t_job_info_queued_idx" in plan and "Sort" not in plan, plan
     for plan in plans:
         assert "Seq Scan on t_job_info" not in plan, plan
+
+
+async def test_claim_leaves_out_a_picked_job_that_another_transaction_ends(
+    db: asyncpg.Connection, database_url: str,
+) -> None:
+    """The claim reads its picks without locking them, then updates them in one statement
+    that re-checks `QUEUED`: a job stopped by a concurrent transaction while the claim
+    waits for it is left out, the others are claimed (sql/007_set_based_claim.sql)."""
+    ids = await insert_queued(db, "alpha", 3)
+    first = await db.fetchval("SELECT id FROM t_job_info ORDER BY queued_at, id LIMIT 1")
+    await db.execute("SELECT jobservice_renew_lease('claimer', 60)")
+    stopper = await asyncpg.connect(database_url)
+    try:
+        stop = stopper.transaction()
+        await stop.start()
+        await stopper.execute("UPDATE t_job_info SET status = 'ABORTED' WHERE id = $1", first)
+        claim = asyncio.create_task(db.fetch(
+            "SELECT id, status FROM jobservice_claim_and_start('claimer', 8, NULL, NULL, NULL, "
+            "ARRAY['jobservice.noop'])"))
+        await asyncio.sleep(0.3)
+        assert not claim.done()  # waits for the stopper's row, does not skip past it
+        await stop.commit()
+        claimed = await asyncio.wait_for(claim, 10)
+    finally:
+        await stopper.close()
+    assert {r["id"] for r in claimed} == set(ids) - {first}
+    assert {r["status"] for r in claimed} == {"RUNNING"}
+    assert await db.fetchval("SELECT status FROM t_job_info WHERE id = $1", first) == "ABORTED"
