@@ -24,7 +24,7 @@ TINY = BenchOptions(
     small_rows=200, large_rows=2000, memory_pool=4, memory_queued=300)
 
 EXPECTED = {
-    "throughput": {"jobs_per_s", "statements_per_job", "run_latency_p99_ms",
+    "throughput": {"jobs_per_s", "statements_per_job", "done_latency_p99_ms",
                    "service_cpu_ms_per_job", "postgres_cpu_ms_per_job"},
     "latency": {"run_latency_p50_ms", "run_latency_p99_ms", "rate_achieved_per_s"},
     "idle": {"wakeup_p50_ms", "wakeup_p99_ms"},

@@ -59,8 +59,7 @@ async def test_bench_measures_a_small_run(database_url: str, namespace: str) -> 
                               database=f"jst_bench_{uuid.uuid4().hex[:8]}")
     assert report.jobs == 60 and report.tenants == 3 and report.pool_size == 4
     assert report.jobs_per_s > 0 and report.submit_per_s > 0
-    assert 0 < report.run_latency_p50_ms <= report.run_latency_p99_ms
-    assert report.run_latency_p50_ms <= report.done_latency_p50_ms
+    assert 0 < report.done_latency_p50_ms <= report.done_latency_p99_ms
     assert report.statements_per_job > 0
 
 
