@@ -226,7 +226,8 @@ class JobService:
         tg.start_soon(background_tasks)
         tg.start_soon(job_tasks)
         await listener.first_connection.wait()  # ready means NOTIFY wake-ups reach us
-        await broker.consume(s.submit_queue, s.intake_batch_size, intake.receive)
+        # two batches in flight: the next one arrives while the previous one is stored
+        await broker.consume(s.submit_queue, 2 * s.intake_batch_size, intake.receive)
         await broker.consume(s.control_queue, 32, control.receive)
         self._accepting = True
         self.ready.set()
