@@ -4,6 +4,9 @@ reconnection."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
@@ -19,13 +22,24 @@ def _message(queue: str, body: bytes, n: int) -> OutgoingMessage:
         headers={"x-jobservice-seq": n}))
 
 
-async def test_a_batch_arrives_whole_in_order_with_its_properties(namespace: str) -> None:
-    queue_name = f"{namespace}.tx-test"
+@asynccontextmanager
+async def transactional(queue_name: str
+                        ) -> AsyncIterator[tuple[aio_pika.abc.AbstractRobustConnection,
+                                                 AbstractRobustChannel]]:
+    """A robust connection and a channel without confirms, with `queue_name` declared."""
     connection = await aio_pika.connect_robust(AMQP_URL)
     try:
         channel = await connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
         await channel.declare_queue(queue_name, durable=True)
+        yield connection, channel
+    finally:
+        await connection.close()
+
+
+async def test_a_batch_arrives_whole_in_order_with_its_properties(namespace: str) -> None:
+    queue_name = f"{namespace}.tx-test"
+    async with transactional(queue_name) as (_, channel):
         frame_max = (await channel.get_underlay_channel()).connection.connection_tune.frame_max
         bodies = [b'{"n": 0}', b"", b"x" * (3 * frame_max + 17), b'{"n": 3}']
         publisher = TransactionalPublisher(channel)
@@ -39,8 +53,6 @@ async def test_a_batch_arrives_whole_in_order_with_its_properties(namespace: str
         await publisher.publish([_message(queue_name, b'{"n": 4}', 4)])
         received = await read_queue(queue_name, 5)
         await channel.queue_delete(queue_name)
-    finally:
-        await connection.close()
     assert [m.body for m in received] == [*bodies, b'{"n": 4}']
     assert [m.message_id for m in received] == [f"m{n}" for n in range(5)]
     assert [m.headers["x-jobservice-seq"] for m in received] == list(range(5))
@@ -52,11 +64,7 @@ async def test_nothing_of_a_batch_is_taken_when_its_commit_fails(namespace: str)
     """Publishing to an exchange that does not exist closes the channel: the commit raises,
     and the broker took none of the batch (the relay then publishes it all again)."""
     queue_name = f"{namespace}.tx-test"
-    connection = await aio_pika.connect_robust(AMQP_URL)
-    try:
-        channel = await connection.channel(publisher_confirms=False)
-        assert isinstance(channel, AbstractRobustChannel)
-        await channel.declare_queue(queue_name, durable=True)
+    async with transactional(queue_name) as (connection, channel):
         publisher = TransactionalPublisher(channel)
         good = _message(queue_name, b"{}", 0)
         bad = OutgoingMessage(b"{}", f"{namespace}.no-such-exchange", "x", good.properties)
@@ -70,5 +78,3 @@ async def test_nothing_of_a_batch_is_taken_when_its_commit_fails(namespace: str)
         declared = await probe.declare_queue(queue_name, durable=True, passive=True)
         assert declared.declaration_result.message_count == 0
         await probe.queue_delete(queue_name)
-    finally:
-        await connection.close()

@@ -23,6 +23,12 @@ async def insert_queued(db: asyncpg.Connection, tenant: str, count: int,
     return [r["id"] for r in rows]
 
 
+async def claim(db: asyncpg.Connection, instance: str) -> list[asyncpg.Record]:
+    """Up to 8 jobs claimed (and started) by `instance`, as the scheduler claims them."""
+    return await db.fetch("SELECT * FROM jobservice_claim_and_start($1, 8, NULL, NULL, NULL, "
+                          "ARRAY['jobservice.noop'])", instance)
+
+
 async def start_order(db: asyncpg.Connection) -> list[str]:
     rows = await db.fetch("SELECT tenant FROM t_job_info WHERE started_at IS NOT NULL "
                           "ORDER BY started_at, id")
@@ -226,8 +232,7 @@ async def test_claim_keeps_index_plans_made_while_the_table_was_small(
     for _ in range(10):  # warm this connection's plan cache while the table is small
         for tenant in tenants:
             await insert_queued(db, tenant, 50)
-        await db.fetch("SELECT * FROM jobservice_claim_and_start('plans', 8, NULL, NULL, NULL, "
-                       "ARRAY['jobservice.noop'])")
+        await claim(db, "plans")
     for tenant in tenants:
         await insert_queued(db, tenant, 2000)
     plans: list[str] = []
@@ -236,8 +241,7 @@ async def test_claim_keeps_index_plans_made_while_the_table_was_small(
     await db.execute("SET auto_explain.log_min_duration = 0")
     await db.execute("SET auto_explain.log_nested_statements = on")
     await db.execute("SET client_min_messages = log")
-    claimed = await db.fetch("SELECT * FROM jobservice_claim_and_start('plans', 8, NULL, NULL, "
-                             "NULL, ARRAY['jobservice.noop'])")
+    claimed = await claim(db, "plans")
     await db.execute("RESET client_min_messages")
     assert len(claimed) == 8
     picks = [plan for plan in plans if "j.tenant = v_tenant" in plan]
@@ -262,13 +266,11 @@ async def test_claim_leaves_out_a_picked_job_that_another_transaction_ends(
         stop = stopper.transaction()
         await stop.start()
         await stopper.execute("UPDATE t_job_info SET status = 'ABORTED' WHERE id = $1", first)
-        claim = asyncio.create_task(db.fetch(
-            "SELECT id, status FROM jobservice_claim_and_start('claimer', 8, NULL, NULL, NULL, "
-            "ARRAY['jobservice.noop'])"))
+        claiming = asyncio.create_task(claim(db, "claimer"))
         await asyncio.sleep(0.3)
-        assert not claim.done()  # waits for the stopper's row, does not skip past it
+        assert not claiming.done()  # waits for the stopper's row, does not skip past it
         await stop.commit()
-        claimed = await asyncio.wait_for(claim, 10)
+        claimed = await asyncio.wait_for(claiming, 10)
     finally:
         await stopper.close()
     assert {r["id"] for r in claimed} == set(ids) - {first}
