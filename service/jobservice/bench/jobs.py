@@ -37,6 +37,23 @@ class AdvanceJob(Job[AdvanceParameters]):
             await anyio.sleep(pause)
 
 
+class SleepParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: float = Field(default=5.0, ge=0, le=3600)
+
+
+class SleepJob(Job[SleepParameters]):
+    """Sleeps `seconds` without reporting progress: a slot taken, no work done (the
+    progress scenario's control for its progress-heavy jobs)."""
+
+    name = "bench.sleep"
+    Parameters = SleepParameters
+
+    async def run(self, ctx: JobContext) -> None:
+        await anyio.sleep(self.parameters.seconds)
+
+
 class HoldJob(Job[NoParameters]):
     """Holds its slot until stopped (or the instance shuts down): a busy pool."""
 

@@ -51,7 +51,6 @@ class StepContext(JobContext):
                          selected_elements=job.selected_elements)
         self._log = job._log  # type: ignore[method-assign]  # one log (and budget) per job
         self._job = job
-        self._stop = job._stop  # one stop flag for the job and its steps
         self.step_index = index
         self.step_name = step.name
         self.results = dict(results)
@@ -60,6 +59,13 @@ class StepContext(JobContext):
         room = self.completion_count - self.completed
         self.completed += n
         self._job.advance(max(0, min(n, room)))
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._job.stop_requested  # one stop flag for the job and its steps
+
+    def request_stop(self) -> None:
+        self._job.request_stop()
 
     def finish(self) -> None:
         """The step is done: count what it did not advance, so the job's share is full."""
