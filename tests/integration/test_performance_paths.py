@@ -5,6 +5,7 @@ batch, only after the commit."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import asyncpg
@@ -29,6 +30,48 @@ async def test_claim_and_start_writes_both_transitions_each_with_its_event(
             ("RUNNING", "SUCCEEDED")]
     rows = await db.fetch("SELECT attempt, started_at, ended_at FROM t_job_info")
     assert all(r["attempt"] == 1 and r["started_at"] <= r["ended_at"] for r in rows)
+
+
+async def test_a_claim_starts_its_jobs_in_one_row_update_with_both_events(
+    db: asyncpg.Connection,
+) -> None:
+    """sql/008: QUEUED -> RUNNING in one update, the outbox as if there had been two; a class
+    the instance does not run stays TO_BE_RUN; the start list holds for the claim only."""
+    await db.execute("SELECT jobservice_renew_lease('i1', 60)")
+    [runnable] = await insert_queued(db, "alpha", 1)
+    [foreign] = await insert_queued(db, "beta", 1, job_class="elsewhere.only")
+    [later] = await insert_queued(db, "gamma", 1)
+    async with db.transaction():
+        claimed = await db.fetch("SELECT id, status FROM jobservice_claim_and_start("
+                                 "'i1', 2, ARRAY['alpha', 'beta'], NULL, NULL, "
+                                 "ARRAY['jobservice.noop'])")
+        # the same transaction claims on by hand, as an older claimer would: no start
+        await db.execute("UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = 'i1' "
+                         "WHERE id = $1", later)
+    assert {(r["id"], r["status"]) for r in claimed} == {(runnable, "RUNNING"),
+                                                         (foreign, "TO_BE_RUN")}
+    rows = {r["id"]: r for r in await db.fetch(
+        "SELECT id, status, transition_seq, claimed_at, started_at FROM t_job_info")}
+    assert rows[runnable]["started_at"] == rows[runnable]["claimed_at"] is not None
+    assert rows[runnable]["transition_seq"] == 3
+    assert (rows[later]["status"], rows[later]["started_at"]) == ("TO_BE_RUN", None)
+    events = await db.fetch(
+        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox ORDER BY id")
+    mine = [e for e in events if e["job_id"] == runnable]
+    assert [(e["seq"], e["routing_key"]) for e in mine] == [
+        (1, "alpha.queued"), (2, "alpha.to_be_run"), (3, "alpha.running")]
+    bodies = [json.loads(e["body"]) for e in mine]
+    assert [(b["previous_status"], b["status"]) for b in bodies] == [
+        (None, "QUEUED"), ("QUEUED", "TO_BE_RUN"), ("TO_BE_RUN", "RUNNING")]
+    assert len({e["event_id"] for e in mine}) == 3
+    assert all(str(e["event_id"]) == json.loads(e["body"])["event_id"] for e in events)
+    assert [e["routing_key"] for e in events if e["job_id"] == foreign] == [
+        "beta.queued", "beta.to_be_run"]
+    # a claim that names no classes starts nothing
+    [other] = await insert_queued(db, "delta", 1)
+    await db.fetch("SELECT * FROM jobservice_claim_and_start('i1', 1, ARRAY['delta'], NULL, "
+                   "NULL, '{}')")
+    assert await db.fetchval("SELECT status FROM t_job_info WHERE id = $1", other) == "TO_BE_RUN"
 
 
 async def test_a_claimed_job_of_a_class_unknown_here_fails_from_to_be_run(
