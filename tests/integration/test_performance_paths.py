@@ -202,3 +202,22 @@ async def test_a_stop_notice_during_a_claim_stops_the_job_it_starts(
             pool.claim_ends()
     assert [e.status for e in seen][-3:] == ["TO_BE_RUN", "RUNNING", "ABORTED"]
     assert seen[-1].error is not None and seen[-1].error.type == "stopped"
+
+
+async def test_only_an_instance_with_a_live_lease_claims(db: asyncpg.Connection) -> None:
+    """The lease check of every claim (PL/pgSQL since sql/008): no lease, or a lapsed one,
+    claims nothing; a live one claims."""
+    await insert_queued(db, "alpha", 2)
+
+    async def claim_one() -> int:
+        return len(await db.fetch("SELECT * FROM jobservice_claim_and_start("
+                                  "'i1', 1, NULL, NULL, NULL, ARRAY['jobservice.noop'])"))
+
+    assert await claim_one() == 0
+    await db.execute("SELECT jobservice_renew_lease('i1', 60)")
+    await db.execute("UPDATE t_instance SET lease_expires_at = clock_timestamp() "
+                     "- interval '1 s' WHERE instance_id = 'i1'")
+    assert await claim_one() == 0
+    await db.execute("UPDATE t_instance SET lease_expires_at = clock_timestamp() "
+                     "+ interval '1 min' WHERE instance_id = 'i1'")
+    assert await claim_one() == 1
