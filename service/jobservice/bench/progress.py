@@ -39,21 +39,30 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
         feeder = asyncio.create_task(collect(events, log, lambda _: False, 3600))
         try:
             empty = await _noop_throughput(client, log, o)
+            seconds = long_job_seconds(o, empty)
             sleeping = noop_messages(o.progress_jobs, o.tenants, "bench.sleep",
-                                     {"seconds": o.progress_seconds})
-            beside_sleeping = await _alongside(client, log, o, sleeping)
+                                     {"seconds": seconds})
+            beside_sleeping = await _alongside(client, log, seconds, o, sleeping)
             heavy = noop_messages(o.progress_jobs, o.tenants, "bench.advance",
-                                  {"steps": o.progress_steps, "seconds": o.progress_seconds})
+                                  {"steps": o.progress_steps, "seconds": seconds})
             writes_before = await services.scrape("jobservice_completion_writes_total")
-            beside_heavy = await _alongside(client, log, o, heavy)
+            beside_heavy = await _alongside(client, log, seconds, o, heavy)
             writes = await services.scrape("jobservice_completion_writes_total") - writes_before
         finally:
             feeder.cancel()
-    return _result(o, pool, log, {m["id"] for m in heavy}, empty, beside_sleeping,
+    return _result(o, seconds, pool, log, {m["id"] for m in heavy}, empty, beside_sleeping,
                    beside_heavy, writes)
 
 
-async def _alongside(client: JobClient, log: EventLog, o: BenchOptions,
+def long_job_seconds(o: BenchOptions, empty_jobs_per_s: float) -> float:
+    """How long the long jobs run: `--progress-seconds`, or longer where the no-op load
+    would not end before them (a slow machine): 2.5 times the no-op phase with the pool
+    otherwise empty (beside the long jobs it ran up to 2.1 times slower, measured), plus 5 s
+    for publishing it."""
+    return max(o.progress_seconds, round(2.5 * o.jobs / max(empty_jobs_per_s, 1.0) + 5, 1))
+
+
+async def _alongside(client: JobClient, log: EventLog, seconds: float, o: BenchOptions,
                      long_jobs: list[dict[str, Any]]) -> float:
     """No-op throughput while `long_jobs` run (all started first); waits for them to end."""
     ids = {m["id"] for m in long_jobs}
@@ -61,14 +70,15 @@ async def _alongside(client: JobClient, log: EventLog, o: BenchOptions,
     await log.wait_for(lambda log: ids.issubset(log.at("RUNNING")), 120)
     throughput = await _noop_throughput(client, log, o)
     noop_end = time.time()
-    await log.wait_for(all_ended(ids), o.progress_seconds * 4 + 60)
+    await log.wait_for(all_ended(ids), seconds * 4 + 60)
     if min(log.received_at[j] for j in ids) < noop_end:
         raise RuntimeError("bench: long jobs ended before the no-op load did; "
                            "raise --progress-seconds or lower --jobs")
     return throughput
 
 
-def _result(o: BenchOptions, pool: int, log: EventLog, heavy_ids: set[str], empty: float,
+def _result(o: BenchOptions, seconds: float, pool: int, log: EventLog, heavy_ids: set[str],
+            empty: float,
             beside_sleeping: float, beside_heavy: float, writes: float) -> ScenarioResult:
     rates = []
     for job in heavy_ids:
@@ -77,7 +87,7 @@ def _result(o: BenchOptions, pool: int, log: EventLog, heavy_ids: set[str], empt
     drop = round(100 * (1 - beside_heavy / beside_sleeping), 1) if beside_sleeping else None
     figures = {
         "progress_jobs": o.progress_jobs, "advances_per_job": o.progress_steps,
-        "progress_job_seconds": o.progress_seconds, "pool_size": pool, "noop_jobs": o.jobs,
+        "progress_job_seconds": seconds, "pool_size": pool, "noop_jobs": o.jobs,
         "completion_writes_per_job_per_s_max": round(max(rates), 3),
         "completion_writes_per_job_per_s_mean": round(sum(rates) / len(rates), 3),
         "completion_statements": int(writes),
@@ -88,7 +98,7 @@ def _result(o: BenchOptions, pool: int, log: EventLog, heavy_ids: set[str], empt
     }
     return ScenarioResult(
         "progress", f"progress-heavy: {o.progress_jobs} jobs x {o.progress_steps} advances over "
-                    f"{o.progress_seconds:g} s, with {o.jobs} no-op jobs; pool {pool}",
+                    f"{seconds:g} s, with {o.jobs} no-op jobs; pool {pool}",
         [("completion writes per job per second, max / mean",
           f"{figures['completion_writes_per_job_per_s_max']} / "
           f"{figures['completion_writes_per_job_per_s_mean']}"),
