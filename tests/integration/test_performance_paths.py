@@ -221,3 +221,29 @@ async def test_only_an_instance_with_a_live_lease_claims(db: asyncpg.Connection)
     await db.execute("UPDATE t_instance SET lease_expires_at = clock_timestamp() "
                      "+ interval '1 min' WHERE instance_id = 'i1'")
     assert await claim_one() == 1
+
+
+async def test_the_events_of_an_insert_are_one_per_inserted_row(db: asyncpg.Connection) -> None:
+    """sql/008, 3.: one statement-level trigger writes the events of a multi-row insert; a row
+    that ON CONFLICT DO NOTHING drops (a resubmitted id) has none."""
+    ids = await insert_queued(db, "alpha", 3)
+    await db.execute(
+        "INSERT INTO t_job_info (id, tenant, job_class, status, owner) "
+        "VALUES ($1, 'alpha', 'jobservice.noop', 'QUEUED', 'again'), "
+        "(gen_random_uuid(), 'beta', 'jobservice.noop', 'PENDING', 'new') "
+        "ON CONFLICT (id) DO NOTHING", ids[0])
+    events = await db.fetch(
+        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox ORDER BY id")
+    assert len(events) == 4 and len({e["event_id"] for e in events}) == 4
+    assert sorted(e["routing_key"] for e in events) == [
+        "alpha.queued", "alpha.queued", "alpha.queued", "beta.pending"]
+    for event in events:
+        body = json.loads(event["body"])
+        assert event["seq"] == 1 and body["previous_status"] is None
+        assert body["event_id"] == str(event["event_id"])
+        assert body["job_id"] == str(event["job_id"])
+        assert body["status"] == event["routing_key"].split(".")[1].upper()
+        assert body["owner"] in (None, "new") and body["percent_completed"] == 0
+        assert set(body) == {"event_id", "job_id", "tenant", "job_class", "status",
+                             "previous_status", "percent_completed", "at", "owner", "error",
+                             "result", "context", "message"}
