@@ -256,6 +256,7 @@ class EventLog:
     tenant_of: dict[str, str] = field(default_factory=dict)
     progress: dict[str, int] = field(default_factory=dict)  # progress events per job
     received_at: dict[str, float] = field(default_factory=dict)  # job -> local time (final)
+    ended: list[str] = field(default_factory=list)  # jobs in the order their final event came
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, event: EventMessage) -> None:
@@ -268,6 +269,7 @@ class EventLog:
         self.first.setdefault(event.status.value, {}).setdefault(job, event.at.timestamp())
         if event.status.value in ("SUCCEEDED", "FAILED", "ABORTED"):
             self.received_at[job] = time.time()
+            self.ended.append(job)
 
     def at(self, status: str) -> dict[str, float]:
         return self.first.get(status, {})

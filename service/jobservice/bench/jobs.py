@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +18,18 @@ class AdvanceParameters(BaseModel):
     seconds: float = Field(default=5.0, ge=0, le=3600)
 
 
+async def advance_evenly(advance: Callable[[], None], steps: int, seconds: float) -> None:
+    """`advance()` `steps` times in chunks of 1,000, spread evenly over `seconds`."""
+    chunk = 1000
+    pause = seconds * chunk / steps
+    done = 0
+    while done < steps:
+        for _ in range(min(chunk, steps - done)):
+            advance()
+        done += chunk
+        await anyio.sleep(pause)
+
+
 class AdvanceJob(Job[AdvanceParameters]):
     """Calls `ctx.advance()` `steps` times, spread evenly over `seconds` (progress-heavy)."""
 
@@ -27,14 +41,33 @@ class AdvanceJob(Job[AdvanceParameters]):
         self.completion_count = parameters.steps
 
     async def run(self, ctx: JobContext) -> None:
-        chunk = 1000
-        pause = self.parameters.seconds * chunk / self.parameters.steps
-        done = 0
-        while done < self.parameters.steps:
-            for _ in range(min(chunk, self.parameters.steps - done)):
-                ctx.advance()
-            done += chunk
-            await anyio.sleep(pause)
+        await advance_evenly(ctx.advance, self.parameters.steps, self.parameters.seconds)
+
+
+class _Tally:
+    """What `JobContext.advance` does for the job itself (count, check a stop flag), with
+    nothing of the service behind it."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.stop_requested = False
+
+    def advance(self, n: int = 1) -> None:
+        self.completed += n
+        if self.stop_requested:
+            raise RuntimeError("stopped")
+
+
+class SpinJob(Job[AdvanceParameters]):
+    """The control of `bench.advance`: the same loop, chunks and pauses, counting on a local
+    tally instead of the job's context, so no progress reaches the service. The difference
+    between the two is what progress reporting costs the instance."""
+
+    name = "bench.spin"
+    Parameters = AdvanceParameters
+
+    async def run(self, ctx: JobContext) -> None:
+        await advance_evenly(_Tally().advance, self.parameters.steps, self.parameters.seconds)
 
 
 class SleepParameters(BaseModel):

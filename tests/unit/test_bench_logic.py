@@ -1,0 +1,51 @@
+"""Pure logic of the bench: how long the progress scenario's long jobs run, and when a
+phase's jobs have all ended."""
+
+from __future__ import annotations
+
+from jobservice.bench.flow import all_ended
+from jobservice.bench.harness import EventLog
+from jobservice.bench.options import BenchOptions
+from jobservice.bench.progress import long_job_seconds
+
+
+def test_a_fast_machine_keeps_the_asked_duration() -> None:
+    # 5,000 no-op jobs at 1,400/s: 3.6 s alone, at most ~7.5 s beside the long jobs
+    assert long_job_seconds(BenchOptions(jobs=5000, progress_seconds=15.0), 1400.0) == 15.0
+
+
+def test_a_slow_machine_gets_long_jobs_that_outlast_the_load() -> None:
+    # 5,000 at 500/s: 10 s alone; beside the long jobs up to 2.1x that (21 s) > 15 s
+    seconds = long_job_seconds(BenchOptions(jobs=5000, progress_seconds=15.0), 500.0)
+    assert seconds == 30.0 and seconds > 2.1 * 5000 / 500
+
+
+def test_no_measured_rate_does_not_divide_by_zero() -> None:
+    assert long_job_seconds(BenchOptions(jobs=10, progress_seconds=1.0), 0.0) == 30.0
+
+
+def _end(log: EventLog, *jobs: str) -> None:
+    for job in jobs:
+        log.received_at[job] = 0.0
+        log.ended.append(job)
+
+
+def test_all_ended_waits_for_its_own_jobs_not_for_a_count() -> None:
+    log = EventLog()
+    _end(log, *(f"earlier{n}" for n in range(5)))  # a previous phase, same log
+    done = all_ended({"a", "b"})
+    assert not done(log)
+    _end(log, "a", "x")
+    assert not done(log)
+    _end(log, "a")  # a duplicate final event
+    assert not done(log)
+    _end(log, "b")
+    assert done(log) and done(log)
+
+
+def test_all_ended_sees_jobs_that_ended_before_it_was_made() -> None:
+    log = EventLog()
+    _end(log, "a")
+    done = all_ended({"a", "b"})
+    _end(log, "b")
+    assert done(log)
