@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--progress-steps", type=int, default=100_000)
     bench.add_argument("--progress-seconds", type=float, default=15.0,
                        help="progress: how long the long jobs run at least (longer where the "
-                            "no-op load would outlast them: 4x its reference phase + 5 s)")
+                            "no-op load would outlast them: 2.5x its reference phase + 5 s)")
     bench.add_argument("--rows", type=int, default=1_000_000,
                        help="scale: queued rows of the large table (small: 10,000)")
     bench.add_argument("--memory-pool", type=int, default=64)

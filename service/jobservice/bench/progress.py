@@ -28,9 +28,10 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
     """The same no-op load four times, in a pool large enough for the long jobs plus the
     default pool: with nothing else running (for reference); alongside long jobs that only
     sleep (same slots taken, no work); alongside jobs that run the progress jobs' loop on a
-    local tally (same slots, same CPU in the instance, no progress reported); alongside the
-    progress jobs. The drop vs sleeping is the issue's figure (the jobs' own loop included);
-    the drop vs the same loop is what progress reporting alone costs the instance."""
+    context the instance does not watch (same slots, same CPU, no progress reported);
+    alongside the progress jobs. The drop vs sleeping is the issue's figure (the jobs' own
+    loop included); the drop vs the same loop is what progress reporting alone costs the
+    instance."""
     pool = o.progress_jobs + (o.pool_size or settings.pool_size)
     log = EventLog()
     async with bench_target(settings, o.database) as target, \
