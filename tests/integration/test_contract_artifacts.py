@@ -63,12 +63,13 @@ async def test_migrations_apply_to_an_empty_database(template_db: str) -> None:
 
     conn = await asyncpg.connect(_db_url(template_db))
     try:
-        tables = {r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {r["name"] for r in await conn.fetch(
+            "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public' "
+            "UNION ALL SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
     finally:
         await conn.close()
-    assert {"t_job_info", "t_job_parameters", "t_job_run", "t_job_event_outbox",
-            "t_tenant_turn", "t_schema_migrations"} <= tables
+    assert {"t_job_info", "t_job_parameters", "t_job_run", "t_job_past_run",
+            "t_job_event_outbox", "t_tenant_turn", "t_schema_migrations"} <= tables
 
 
 async def test_transition_table_is_the_same_in_python_and_sql(db: asyncpg.Connection) -> None:
