@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -18,7 +17,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from jobservice.amqp_tx import OutgoingMessage, TransactionalPublisher
+from jobservice.amqp_tx import PersistentJsonMessage, TransactionalPublisher
 from jobservice.config import Settings, mask_url
 from jobservice.store import OutboxEvent
 
@@ -121,11 +120,8 @@ class Broker:
         assert self._events is not None
         exchange = self._settings.events_exchange
         await self._events.publish(
-            OutgoingMessage(event.body.encode(), exchange, event.routing_key,
-                            aiormq.spec.Basic.Properties(
-                                content_type="application/json", delivery_mode=2,
-                                message_id=str(event.event_id),
-                                headers={"x-jobservice-seq": event.seq}))
+            PersistentJsonMessage(event.body.encode(), exchange, event.routing_key,
+                                  str(event.event_id), {"x-jobservice-seq": event.seq})
             for event in events)
 
     async def reply(self, delivery: Delivery, payload: dict[str, Any]) -> None:

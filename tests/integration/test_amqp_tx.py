@@ -1,5 +1,6 @@
 """Batches published in one broker transaction (jobservice.amqp_tx), on the real RabbitMQ:
-order, properties, bodies larger than a frame and empty ones, and a new channel after a
+order, properties (of messages marshalled by pamqp and of events encoded by hand, mixed in
+one batch), bodies larger than a frame and empty ones, and a new channel after a
 reconnection."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 
-from jobservice.amqp_tx import OutgoingMessage, TransactionalPublisher
+from jobservice.amqp_tx import OutgoingMessage, PersistentJsonMessage, TransactionalPublisher
 from tests.conftest import AMQP_URL
 from tests.support.amqp import read_queue
 
@@ -20,6 +21,13 @@ def _message(queue: str, body: bytes, n: int) -> OutgoingMessage:
     return OutgoingMessage(body, "", queue, aiormq.spec.Basic.Properties(
         content_type="application/json", delivery_mode=2, message_id=f"m{n}",
         headers={"x-jobservice-seq": n}))
+
+
+def _either(queue: str, body: bytes, n: int) -> OutgoingMessage | PersistentJsonMessage:
+    """The same message, marshalled by pamqp (odd n) or encoded by hand (even n, events)."""
+    if n % 2:
+        return _message(queue, body, n)
+    return PersistentJsonMessage(body, "", queue, f"m{n}", {"x-jobservice-seq": n})
 
 
 @asynccontextmanager
@@ -43,14 +51,14 @@ async def test_a_batch_arrives_whole_in_order_with_its_properties(namespace: str
         frame_max = (await channel.get_underlay_channel()).connection.connection_tune.frame_max
         bodies = [b'{"n": 0}', b"", b"x" * (3 * frame_max + 17), b'{"n": 3}']
         publisher = TransactionalPublisher(channel)
-        await publisher.publish(_message(queue_name, body, n) for n, body in enumerate(bodies))
+        await publisher.publish(_either(queue_name, body, n) for n, body in enumerate(bodies))
         # a channel that closed (as after a reconnection) is replaced by the robust channel
         # and put in transaction mode again before the next batch
         old = await channel.get_underlay_channel()
         await old.close()
         await channel.reopen()
         assert await channel.get_underlay_channel() is not old
-        await publisher.publish([_message(queue_name, b'{"n": 4}', 4)])
+        await publisher.publish([_either(queue_name, b'{"n": 4}', 4)])
         received = await read_queue(queue_name, 5)
         await channel.queue_delete(queue_name)
     assert [m.body for m in received] == [*bodies, b'{"n": 4}']
