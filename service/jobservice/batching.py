@@ -23,6 +23,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
+    # A statement that meets a connection the server just closed can find the protocol in
+    # the wrong state; the connection is given back, the retry runs on another.
+    asyncpg.InternalClientError,
     # Rolled back as a whole; happens rarely when dependents are resolved while their
     # dependencies are submitted or finish in other transactions: just run it again.
     asyncpg.DeadlockDetectedError,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -231,6 +233,58 @@ def _claimed(rows: Sequence[asyncpg.Record]) -> tuple[list[ClaimedJob], list[Job
     return claimed, expired
 
 
+class _HeldConnection:
+    """A pool connection kept by a caller that runs one statement after another all the
+    time (the outbox relay, the pool's final writes): its statements skip the pool's acquire
+    and release, ~0.2 ms each on our 2-core machine (docs/benchmarks.md). A lock keeps them
+    one at a time; a statement that fails hands the connection back (it may be broken) and
+    the next one takes another."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+        async with self._lock:
+            if self._conn is not None and not _usable(self._conn):
+                await self._release()
+            if self._conn is None:
+                self._conn = await self._pool.acquire()
+            try:
+                yield self._conn
+            except BaseException:
+                await self._release()
+                raise
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await self._pool.release(conn)
+            except asyncpg.InterfaceError:
+                pass  # the pool took it back already (it closed)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._release()
+
+
+def _usable(conn: PoolConnectionProxy) -> bool:
+    """Open and still ours: when a connection closes (server restart, terminated backend)
+    asyncpg's pool takes it back by itself, and the proxy then refuses every call."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+# Below this pool size every statement takes its connection from the pool: two held ones
+# would leave too few for intake, control and the claims.
+_HOLD_FROM_POOL_SIZE = 4
+
+
 class Store:
     """Owns the asyncpg pool; each method is one transaction with one or two statements."""
 
@@ -240,6 +294,9 @@ class Store:
         self._schema = schema
         self.statements = 0  # statements sent, exported as a metric (bench: statements per job)
         self.on_events_written: Callable[[], None] = lambda: None
+        hold = pool.get_max_size() >= _HOLD_FROM_POOL_SIZE
+        self._relay_conn = _HeldConnection(pool) if hold else None
+        self._finals_conn = _HeldConnection(pool) if hold else None
 
     @classmethod
     async def connect(cls, dsn: str, schema: str = "public", size: int = 10) -> Store:
@@ -254,6 +311,9 @@ class Store:
         return cls(pool, dsn, schema)
 
     async def close(self) -> None:
+        for held in (self._relay_conn, self._finals_conn):
+            if held is not None:
+                await held.close()
         await self._pool.close()
 
     async def connect_listener(self) -> asyncpg.Connection:
@@ -383,8 +443,8 @@ class Store:
         """The final writes of `runs`, then `claim_jobs(limit)`, in one round trip (one
         transaction): the ids whose write applied, the claimed jobs, the expired ones.
         Re-queued runs (retry, reschedule) wake the claimers (NOTIFY in the function)."""
-        rows = await self._fetch(
-            "finish_and_claim", instance_id,
+        rows = await self._fetch_on(
+            "finish_and_claim", self._finals_conn, instance_id,
             [r.id for r in runs], [r.attempt for r in runs], [r.status.value for r in runs],
             [r.percent for r in runs], [r.error_type for r in runs],
             [r.error_message for r in runs], [r.stack_trace for r in runs],
@@ -566,7 +626,7 @@ class Store:
     async def fetch_outbox(self, limit: int, delete: Sequence[int] = ()) -> list[OutboxEvent]:
         """The oldest `limit` events, after deleting `delete` (events the broker committed),
         in one statement."""
-        rows = await self._fetch("fetch_outbox", limit, list(delete))
+        rows = await self._fetch_on("fetch_outbox", self._relay_conn, limit, list(delete))
         return [OutboxEvent(r["id"], r["event_id"], r["seq"], r["routing_key"], r["body"])
                 for r in rows]
 
@@ -593,7 +653,14 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as conn:
+        return await self._fetch_on(query, None, *args)
+
+    async def _fetch_on(self, query: str, held: _HeldConnection | None, *args: Any
+                        ) -> list[asyncpg.Record]:
+        """`_fetch` on a held connection, when there is one."""
+        connection: AbstractAsyncContextManager[PoolConnectionProxy] = (
+            self._pool.acquire() if held is None else held.acquire())
+        async with connection as conn:
             rows = await conn.fetch(QUERIES[query], *args)
         self._count(query)
         return rows
