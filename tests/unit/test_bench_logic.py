@@ -1,10 +1,12 @@
-"""Pure logic of the bench: how long the progress scenario's long jobs run, and when a
-phase's jobs have all ended."""
+"""Pure logic of the bench: how long the progress scenario's long jobs run, when a
+phase's jobs have all ended, and CPU counted over a run."""
 
 from __future__ import annotations
 
+import pytest
+
 from jobservice.bench.flow import all_ended
-from jobservice.bench.harness import EventLog
+from jobservice.bench.harness import EventLog, cpu_since
 from jobservice.bench.options import BenchOptions
 from jobservice.bench.progress import long_job_seconds
 
@@ -49,3 +51,11 @@ def test_all_ended_sees_jobs_that_ended_before_it_was_made() -> None:
     done = all_ended({"a", "b"})
     _end(log, "b")
     assert done(log)
+
+
+def test_cpu_since_counts_processes_started_during_the_run() -> None:
+    """The pool opens backends under load: all of a new one's CPU is the run's (the figure
+    counted only backends connected at the start before, and read low)."""
+    before = {1: 1.0, 2: 2.0}
+    after = {1: 1.5, 3: 0.7}  # 2 ended (its share is lost), 3 started
+    assert cpu_since(before, after) == pytest.approx(1.2)

@@ -15,7 +15,8 @@ from jobservice.bench.harness import (
     EventLog,
     bench_target,
     collect,
-    cpu_seconds,
+    cpu_by_pid,
+    cpu_since,
     database_backends,
     percentile_ms,
     pg_stat_statements_calls,
@@ -94,8 +95,7 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
             running(target, instances, JOBSERVICE_POOL_SIZE=str(pool)) as services:
         await pg_stat_statements_calls(target.url, reset=True)
         statements_before = await services.scrape("jobservice_db_statements_total")
-        backends = await database_backends(target.url)
-        cpu_before = services.cpu_seconds(), cpu_seconds(backends)
+        cpu_before = services.cpu_seconds(), cpu_by_pid(await database_backends(target.url))
         messages = noop_messages(jobs, tenants)
         published: dict[str, float] = {}
         log = EventLog()
@@ -112,7 +112,9 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
             await watcher
         statements = await services.scrape("jobservice_db_statements_total") - statements_before
         service_cpu = services.cpu_seconds() - cpu_before[0]
-        postgres_cpu = cpu_seconds(backends) - cpu_before[1]
+        # backends opened during the run (the pool grows under load) count too
+        postgres_cpu = cpu_since(cpu_before[1],
+                                 cpu_by_pid(await database_backends(target.url)))
         pg_calls = await pg_stat_statements_calls(target.url, reset=False)
     done_latency = latencies(log, published, "SUCCEEDED")
     return BenchReport(

@@ -76,15 +76,26 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes so far (ends of processes gone are lost)."""
-    total = 0
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes still alive."""
+    seconds: dict[int, float] = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings, processes started in between included (all
+    of theirs counts); processes that ended in between are lost."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 async def database_backends(url: str) -> list[int]:
