@@ -3,13 +3,14 @@ writes each final status (batched) before freeing the slot."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -113,6 +114,7 @@ class WorkerPool:
         self._early_stops: set[UUID] = set()
         self._claims_settled = anyio.Event()
         self._task_group: TaskGroup | None = None
+        self._job_tasks: set[asyncio.Task[None]] = set()
         self.finished = 0  # runs ended (any final status or handed back)
         metrics.pool_capacity.set(capacity)
 
@@ -133,7 +135,37 @@ class WorkerPool:
             await self._slot_freed.wait()
 
     def bind(self, task_group: TaskGroup) -> None:
+        """Run in `task_group`. Jobs run in plain asyncio tasks (each in its own copy of the
+        context, as in a task group): anyio's spawning cost ~50 us a job on our 2-core machine,
+        ~8 % of a pool of 8 running no-op jobs (docs/benchmarks.md). They keep the task group's
+        guarantees through `_job_task_done` (an error fails the group) and `_reap` (the group
+        does not end before they do)."""
         self._task_group = task_group
+        task_group.start_soon(self._reap, name="pool-jobs")
+
+    async def _reap(self) -> None:
+        """When the task group ends (shutdown, or a failure elsewhere), cancel the job tasks
+        still there and wait for them, as the group would for its own tasks."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            tasks = list(self._job_tasks)
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _job_task_done(self, task: asyncio.Task[None]) -> None:
+        self._job_tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None and self._task_group is not None
+
+        async def fail() -> None:
+            raise error
+
+        self._task_group.start_soon(fail)  # the group fails and cancels, as for its own task
 
     def _reserve(self, count: int) -> None:
         if count > self.free_slots:
@@ -279,7 +311,13 @@ class WorkerPool:
         self._running[claim.id] = running
         if stop_requested or claim.id in self._early_stops:
             self.cancel(claim.id, "stop")
-        self._task_group.start_soon(self._run, running, job, name=f"job-{claim.id}")
+        self.spawn_job_task(self._run(running, job), name=f"job-{claim.id}")
+
+    def spawn_job_task(self, run: Coroutine[Any, Any, None], name: str) -> None:
+        """A job's task (see `bind`)."""
+        task = asyncio.get_running_loop().create_task(run, name=name)
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_task_done)
 
     def _context(self, claim: ClaimedJob, job: Job[Any]) -> JobContext:
         elements = [SelectedElement(str(e["type"]), e["id"])
