@@ -136,8 +136,8 @@ class WorkerPool:
 
     def bind(self, task_group: TaskGroup) -> None:
         """Run in `task_group`. Jobs run in plain asyncio tasks (each in its own copy of the
-        context, as in a task group): anyio's spawning cost ~50 us a job on our 2-core machine,
-        ~8 % of a pool of 8 running no-op jobs (docs/benchmarks.md). They keep the task group's
+        context, as in a task group): anyio's spawning cost ~50 us a job on our 2-core machine
+        (+3.5 % no-op jobs/s without it, docs/benchmarks.md). They keep the task group's
         guarantees through `_job_task_done` (an error fails the group) and `_reap` (the group
         does not end before they do)."""
         self._task_group = task_group
