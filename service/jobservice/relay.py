@@ -31,6 +31,7 @@ class OutboxRelay:
         self._wake = anyio.Event()
         self._remote_wake = anyio.Event()
         self._committed: list[int] = []  # published and committed, deleted with the next read
+        self._publishing = anyio.Lock()
         self.published = 0
 
     def kick(self) -> None:
@@ -71,7 +72,12 @@ class OutboxRelay:
     async def publish_batch(self) -> int:
         """Delete the previous batch (committed by the broker) and read the next in one
         statement, publish it. A caller goes on until it returns 0: that call has deleted the
-        last batch."""
+        last batch. One call at a time: at shutdown `drain` runs beside `run`, and two
+        interleaved calls would read (and publish) the same batch twice."""
+        async with self._publishing:
+            return await self._publish_batch()
+
+    async def _publish_batch(self) -> int:
         self._wake = anyio.Event()
         committed, self._committed = self._committed, []
         try:
