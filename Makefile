@@ -19,7 +19,7 @@ $(VENV)/ruff $(VENV)/mypy:
 	./scripts/setup.sh
 
 lint: $(VENV)/ruff
-	$(VENV)/ruff check service tests
+	$(VENV)/ruff check service tests scripts
 
 typecheck: $(VENV)/mypy
 	$(VENV)/mypy

@@ -14,9 +14,8 @@ import sys
 import tempfile
 import time
 
-import psycopg
-
 import common
+import psycopg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -109,16 +108,20 @@ class Peer:
     def worker_cmd(self):
         raise NotImplementedError
 
-    def progress(self, db):
-        """Jobs completed so far (exact)."""
-        raise NotImplementedError
+    # Completion, read from the peer's own tables: jobs done (exact), jobs failed, and
+    # (first completion, last completion) as Unix times.
+    done_sql: str = ""
+    failed_sql: str = "SELECT 0"
+    times_sql: str = ""
 
-    def times(self, db):
-        """(first completion, last completion) as Unix times."""
-        raise NotImplementedError
+    def progress(self, db):
+        return db.execute(self.done_sql).fetchone()[0]
 
     def failed(self, db):
-        return 0
+        return db.execute(self.failed_sql).fetchone()[0]
+
+    def times(self, db):
+        return db.execute(self.times_sql).fetchone()
 
     def ready(self, db):
         st = queue_state(self.queue)
@@ -140,12 +143,9 @@ class UpdateTable:
                       "FROM generate_series(1, %s) i", (self.tenants, self.n))
             c.execute("VACUUM ANALYZE bench_jobs")
 
-    def progress(self, db):
-        return db.execute("SELECT count(*) FROM bench_jobs WHERE done_at IS NOT NULL").fetchone()[0]
-
-    def times(self, db):
-        return db.execute("SELECT extract(epoch FROM min(done_at))::float8, "
-                          "extract(epoch FROM max(done_at))::float8 FROM bench_jobs").fetchone()
+    done_sql = "SELECT count(*) FROM bench_jobs WHERE done_at IS NOT NULL"
+    times_sql = ("SELECT extract(epoch FROM min(done_at))::float8, "
+                 "extract(epoch FROM max(done_at))::float8 FROM bench_jobs")
 
 
 class CeleryPeer(Peer):
@@ -184,17 +184,12 @@ class CeleryState(CeleryPeer):
         session = self.mod.app.backend.ResultSession()
         session.close()
 
-    def progress(self, db):
-        return db.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'").fetchone()[0]
-
-    def failed(self, db):
-        return db.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'FAILURE'").fetchone()[0]
-
-    def times(self, db):
-        # date_done: Python's UTC now, stored in a `timestamp` column (session TimeZone = server's)
-        return db.execute("SELECT extract(epoch FROM min(date_done)::timestamptz)::float8, "
-                          "extract(epoch FROM max(date_done)::timestamptz)::float8 "
-                          "FROM celery_taskmeta WHERE status = 'SUCCESS'").fetchone()
+    done_sql = "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'"
+    failed_sql = "SELECT count(*) FROM celery_taskmeta WHERE status = 'FAILURE'"
+    # date_done: Python's UTC now, stored in a `timestamp` column (session TimeZone = server's)
+    times_sql = ("SELECT extract(epoch FROM min(date_done)::timestamptz)::float8, "
+                 "extract(epoch FROM max(date_done)::timestamptz)::float8 "
+                 "FROM celery_taskmeta WHERE status = 'SUCCESS'")
 
 
 class CeleryUpdate(UpdateTable, CeleryPeer):
@@ -234,15 +229,10 @@ class Procrastinate(Peer):
     def ready(self, db):
         return db.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0] >= 1
 
-    def progress(self, db):
-        return db.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'").fetchone()[0]
-
-    def failed(self, db):
-        return db.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'").fetchone()[0]
-
-    def times(self, db):
-        return db.execute("SELECT extract(epoch FROM min(at))::float8, extract(epoch FROM max(at))::float8 "
-                          "FROM procrastinate_events WHERE type = 'succeeded'").fetchone()
+    done_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+    failed_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'"
+    times_sql = ("SELECT extract(epoch FROM min(at))::float8, extract(epoch FROM max(at))::float8 "
+                 "FROM procrastinate_events WHERE type = 'succeeded'")
 
 
 class DramatiqPeer(Peer):
@@ -312,8 +302,9 @@ class DramatiqNoDb(DramatiqPeer):
         self.sock.close()
 
 
-CLASSES = {"celery-state": CeleryState, "celery-update": CeleryUpdate, "procrastinate": Procrastinate,
-           "dramatiq-update": DramatiqUpdate, "dramatiq": DramatiqNoDb}
+CLASSES = {"celery-state": CeleryState, "celery-update": CeleryUpdate,
+           "procrastinate": Procrastinate, "dramatiq-update": DramatiqUpdate,
+           "dramatiq": DramatiqNoDb}
 
 
 # --------------------------------------------------------------------------- run
@@ -354,9 +345,9 @@ def wait_done(peer, db, proc, n, poll, stall_s):
         time.sleep(poll)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
-    ap.add_argument("peer", choices=PEERS + ("cleanup",),
+    ap.add_argument("peer", choices=(*PEERS, "cleanup"),
                     help="a peer, or `cleanup` to drop a leftover database and vhost")
     ap.add_argument("jobs", type=int, nargs="?", default=20000)
     ap.add_argument("--tenants", type=int, default=10)
@@ -364,39 +355,17 @@ def main():
                     help="prequeued: enqueue all, then start the workers (default); "
                          "live: start the workers, wait till they consume, then enqueue")
     ap.add_argument("--poll", type=float, default=0.2, help="completion poll interval, s")
-    ap.add_argument("--stall", type=float, default=60.0, help="fail after this long without progress, s")
+    ap.add_argument("--stall", type=float, default=60.0,
+                    help="fail after this long without progress, s")
     ap.add_argument("--keep-logs", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def measure(args, peer, db, spawn):
+    """Enqueue and run (in the order --mode says), wait for every job; the JSON result."""
     n = args.jobs
-    if args.peer == "cleanup":
-        drop_db()
-        drop_vhost()
-        log(f"dropped database {common.DB_NAME} and vhost {common.VHOST} (if they existed)")
-        return
-    # SIGTERM/SIGHUP (a timeout, a closed terminal) -> the same cleanup as Ctrl-C
-    def _exit(signum, frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _exit)
-    signal.signal(signal.SIGHUP, _exit)
-
-    logdir = tempfile.mkdtemp(prefix=f"peers-{args.peer}-")
-    logpath = os.path.join(logdir, "workers.log")
-    proc = peer = db = None
-    ok = False
+    proc = None
     try:
-        fresh_db()
-        if args.peer in BROKER_PEERS:
-            fresh_vhost()
-        peer = CLASSES[args.peer](args.peer, n, args.tenants, logdir)
-        peer.prepare()
-        db = psycopg.connect(common.DSN, autocommit=True)
-        logf = open(logpath, "w")
-
-        def spawn():
-            return subprocess.Popen(peer.worker_cmd(), cwd=HERE, env=peer.env, stdout=logf,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-
         if args.mode == "prequeued":
             t_enq = time.time()
             peer.enqueue()
@@ -404,7 +373,6 @@ def main():
             log(f"enqueued {n} in {t_enq_end - t_enq:.2f} s; starting workers")
             t_spawn = time.time()
             proc = spawn()
-            done = wait_done(peer, db, proc, n, args.poll, args.stall)
         else:
             t_spawn = time.time()
             proc = spawn()
@@ -418,48 +386,84 @@ def main():
             t_enq = time.time()
             peer.enqueue()
             t_enq_end = time.time()
-            done = wait_done(peer, db, proc, n, args.poll, args.stall)
+        done = wait_done(peer, db, proc, n, args.poll, args.stall)
         t_seen = time.time()
         first, last = peer.times(db)
         left = queue_state(peer.queue)[0] if peer.queue else 0
         if done != n or left:
             raise RuntimeError(f"completed {done} of {n}, {left} message(s) still in the queue")
+    finally:
+        stop(proc)
 
-        result = {"peer": args.peer, "jobs": n, "tenants": args.tenants, "mode": args.mode}
-        if args.mode == "prequeued":
-            # drain rate: first completion -> last completion (worker boot excluded)
-            result["jobs_per_s"] = round((n - 1) / (last - first), 1)
-            result["jobs_per_s_from_spawn"] = round(n / (last - t_spawn), 1)
-            result["window"] = "first job done -> last job done (all jobs queued before the workers start)"
-        else:
-            result["jobs_per_s"] = round(n / (last - t_enq), 1)
-            result["window"] = "first enqueue -> last job done (workers already running)"
-        result.update({
-            "startup_s": round(first - t_spawn, 3) if args.mode == "prequeued" else None,
-            "drain_s": round(last - first, 3),
-            "enqueue_s": round(t_enq_end - t_enq, 3),
-            "enqueue_per_s": round(n / (t_enq_end - t_enq), 1),
-            "detect_lag_s": round(t_seen - last, 3),
-            "setup": SETUPS[args.peer].format(**versions()),
-        })
+    result = {"peer": args.peer, "jobs": n, "tenants": args.tenants, "mode": args.mode}
+    if args.mode == "prequeued":
+        # drain rate: first completion -> last completion (worker boot excluded)
+        result["jobs_per_s"] = round((n - 1) / (last - first), 1)
+        result["jobs_per_s_from_spawn"] = round(n / (last - t_spawn), 1)
+        result["window"] = ("first job done -> last job done "
+                            "(all jobs queued before the workers start)")
+    else:
+        result["jobs_per_s"] = round(n / (last - t_enq), 1)
+        result["window"] = "first enqueue -> last job done (workers already running)"
+    result.update({
+        "startup_s": round(first - t_spawn, 3) if args.mode == "prequeued" else None,
+        "drain_s": round(last - first, 3),
+        "enqueue_s": round(t_enq_end - t_enq, 3),
+        "enqueue_per_s": round(n / (t_enq_end - t_enq), 1),
+        "detect_lag_s": round(t_seen - last, 3),
+        "setup": SETUPS[args.peer].format(**versions()),
+    })
+    return result
+
+
+def main():
+    args = parse_args()
+    if args.peer == "cleanup":
+        drop_db()
+        drop_vhost()
+        log(f"dropped database {common.DB_NAME} and vhost {common.VHOST} (if they existed)")
+        return
+
+    # SIGTERM/SIGHUP (a timeout, a closed terminal) -> the same cleanup as Ctrl-C
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGHUP, _exit)
+
+    logdir = tempfile.mkdtemp(prefix=f"peers-{args.peer}-")
+    logpath = os.path.join(logdir, "workers.log")
+    peer = db = None
+    ok = False
+    try:
+        fresh_db()
+        if args.peer in BROKER_PEERS:
+            fresh_vhost()
+        peer = CLASSES[args.peer](args.peer, args.jobs, args.tenants, logdir)
+        peer.prepare()
+        db = psycopg.connect(common.DSN, autocommit=True)
+        logf = open(logpath, "w")
+
+        def spawn():
+            return subprocess.Popen(peer.worker_cmd(), cwd=HERE, env=peer.env, stdout=logf,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+
+        result = measure(args, peer, db, spawn)
         ok = True
     finally:
-        try:
-            stop(proc)
-        finally:
-            if peer is not None:
-                peer.close()
-            if db is not None:
-                db.close()
-            drop_db()
-            if args.peer in BROKER_PEERS:
-                drop_vhost()
-            if ok and not args.keep_logs:
-                for f in os.listdir(logdir):
-                    os.unlink(os.path.join(logdir, f))
-                os.rmdir(logdir)
-            else:
-                log(f"worker log kept in {logpath}")
+        if peer is not None:
+            peer.close()
+        if db is not None:
+            db.close()
+        drop_db()
+        if args.peer in BROKER_PEERS:
+            drop_vhost()
+        if ok and not args.keep_logs:
+            for f in os.listdir(logdir):
+                os.unlink(os.path.join(logdir, f))
+            os.rmdir(logdir)
+        else:
+            log(f"worker log kept in {logpath}")
     print(json.dumps(result), flush=True)
 
 

@@ -3,7 +3,6 @@ import os
 
 from celery import Celery
 from celery.signals import worker_process_init
-
 from common import AMQP_URL, CELERY_BACKEND, DSN, UPDATE_SQL
 
 VARIANT = os.environ.get("PEERS_CELERY_VARIANT", "state")

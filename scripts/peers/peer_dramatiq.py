@@ -1,4 +1,5 @@
-"""Dramatiq broker and actor for the `dramatiq` and `dramatiq-update` peers (PEERS_DRAMATIQ_VARIANT).
+"""Dramatiq broker and actor for the `dramatiq` and `dramatiq-update` peers
+(PEERS_DRAMATIQ_VARIANT).
 
 `dramatiq` (no database): completion is counted by a middleware on `after_ack` (the worker has
 acked the message to RabbitMQ); each worker process sends its count and the wall-clock times of
@@ -12,10 +13,9 @@ import threading
 import time
 
 import dramatiq
+from common import AMQP_URL, DSN, UPDATE_SQL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware
-
-from common import AMQP_URL, DSN, UPDATE_SQL
 
 VARIANT = os.environ.get("PEERS_DRAMATIQ_VARIANT", "nodb")
 if VARIANT not in ("nodb", "update"):

@@ -1,6 +1,5 @@
 """Procrastinate app for the `procrastinate` peer."""
 import procrastinate
-
 from common import DSN
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=DSN))
