@@ -157,10 +157,10 @@ class WorkerPool:
 
     def _job_task_done(self, task: asyncio.Task[None]) -> None:
         self._job_tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
+        error = None if task.cancelled() else task.exception()
+        if error is None:
             return
-        error = task.exception()
-        assert error is not None and self._task_group is not None
+        assert self._task_group is not None
 
         async def fail() -> None:
             raise error
