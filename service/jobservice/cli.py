@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--progress-seconds", type=float, default=15.0,
                        help="progress: how long the long jobs run at least (longer where the "
                             "no-op load would outlast them: 2.5x its reference phase + 5 s)")
+    bench.add_argument("--progress-phase-seconds", type=float, default=8.0,
+                       help="progress: size each no-op phase to last about this long at the "
+                            "rate a first probe of --jobs measured (0: exactly --jobs)")
     bench.add_argument("--rows", type=int, default=1_000_000,
                        help="scale: queued rows of the large table (small: 10,000)")
     bench.add_argument("--memory-pool", type=int, default=64)
@@ -354,7 +357,8 @@ def _bench(args: argparse.Namespace) -> int:
         pool_size=args.pool_size, rate=args.rate, duration_s=args.duration,
         lone_jobs=args.lone_jobs, flood_jobs=args.flood_jobs, small_jobs=args.small_jobs,
         progress_jobs=args.progress_jobs, progress_steps=args.progress_steps,
-        progress_seconds=args.progress_seconds, large_rows=args.rows,
+        progress_seconds=args.progress_seconds,
+        progress_phase_seconds=args.progress_phase_seconds, large_rows=args.rows,
         memory_pool=args.memory_pool, memory_queued=args.queued)
     return run_bench(settings, args.scenario, options, json_only=args.json)
 

@@ -21,6 +21,7 @@ from tests.conftest import make_settings
 TINY = BenchOptions(
     jobs=40, tenants=3, rate=40, duration_s=1, lone_jobs=3, flood_jobs=60, small_jobs=5,
     small_tenants=3, progress_jobs=3, progress_steps=3000, progress_seconds=2.5,
+    progress_phase_seconds=0,
     small_rows=200, large_rows=2000, memory_pool=4, memory_queued=300)
 
 EXPECTED = {

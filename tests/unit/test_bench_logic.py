@@ -8,22 +8,31 @@ import pytest
 from jobservice.bench.flow import all_ended
 from jobservice.bench.harness import EventLog, cpu_since
 from jobservice.bench.options import BenchOptions
-from jobservice.bench.progress import long_job_seconds
+from jobservice.bench.progress import long_job_seconds, phase_jobs
 
 
 def test_a_fast_machine_keeps_the_asked_duration() -> None:
     # 5,000 no-op jobs at 1,400/s: 3.6 s alone, at most ~7.5 s beside the long jobs
-    assert long_job_seconds(BenchOptions(jobs=5000, progress_seconds=15.0), 1400.0) == 15.0
+    assert long_job_seconds(BenchOptions(progress_seconds=15.0), 5000, 1400.0) == 15.0
 
 
 def test_a_slow_machine_gets_long_jobs_that_outlast_the_load() -> None:
     # 5,000 at 500/s: 10 s alone; beside the long jobs up to 2.1x that (21 s) > 15 s
-    seconds = long_job_seconds(BenchOptions(jobs=5000, progress_seconds=15.0), 500.0)
+    seconds = long_job_seconds(BenchOptions(progress_seconds=15.0), 5000, 500.0)
     assert seconds == 30.0 and seconds > 2.1 * 5000 / 500
 
 
 def test_no_measured_rate_does_not_divide_by_zero() -> None:
-    assert long_job_seconds(BenchOptions(jobs=10, progress_seconds=1.0), 0.0) == 30.0
+    assert long_job_seconds(BenchOptions(progress_seconds=1.0), 10, 0.0) == 30.0
+
+
+def test_a_fast_machine_gets_phases_long_enough_to_compare() -> None:
+    # a probe of 5,000 at 2,000/s: 8 s phases hold 16,000 jobs
+    assert phase_jobs(BenchOptions(jobs=5000, progress_phase_seconds=8.0), 2000.0) == 16_000
+
+
+def test_a_slow_machine_keeps_at_least_the_asked_jobs() -> None:
+    assert phase_jobs(BenchOptions(jobs=5000, progress_phase_seconds=8.0), 400.0) == 5000
 
 
 def _end(log: EventLog, *jobs: str) -> None:

@@ -23,6 +23,9 @@ class BenchOptions:
     progress_jobs: int = 200
     progress_steps: int = 100_000  # ctx.advance() calls per progress job
     progress_seconds: float = 15.0  # how long each progress job runs
+    # progress: the no-op phases hold enough jobs to last about this long at the reference
+    # rate (at least `jobs`); 0: exactly `jobs`
+    progress_phase_seconds: float = 8.0
     small_rows: int = 10_000  # scale: queued rows, small table
     large_rows: int = 1_000_000  # scale: queued rows, large table
     memory_pool: int = 64

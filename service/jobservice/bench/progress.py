@@ -14,14 +14,22 @@ from jobservice.client import JobClient
 from jobservice.config import Settings
 
 
-async def _noop_throughput(client: JobClient, events_log: EventLog, o: BenchOptions) -> float:
-    messages = noop_messages(o.jobs, o.tenants)
+async def _noop_throughput(client: JobClient, events_log: EventLog, o: BenchOptions,
+                           jobs: int) -> float:
+    messages = noop_messages(jobs, o.tenants)
     published: dict[str, float] = {}
     ids = {m["id"] for m in messages}
     first = time.time()
     await publish(client, messages, published)
-    await events_log.wait_for(all_ended(ids), max(60.0, o.jobs / 50))
-    return round(o.jobs / (max(events_log.received_at[j] for j in ids) - first), 1)
+    await events_log.wait_for(all_ended(ids), max(60.0, jobs / 50))
+    return round(jobs / (max(events_log.received_at[j] for j in ids) - first), 1)
+
+
+def phase_jobs(o: BenchOptions, probe_jobs_per_s: float) -> int:
+    """No-op jobs per phase: enough to last `progress_phase_seconds` at the rate a first
+    probe of `jobs` measured, at least `jobs`. Phases of a few seconds swung by tens of
+    percent between runs: 5,000 jobs at 2,000/s gave drops of 31, 26 and 1 % in three."""
+    return max(o.jobs, round(probe_jobs_per_s * o.progress_phase_seconds))
 
 
 async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
@@ -40,40 +48,43 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
             client.subscribe("#") as events:
         feeder = asyncio.create_task(collect(events, log, lambda _: False, 3600))
         try:
-            empty = await _noop_throughput(client, log, o)
-            seconds = long_job_seconds(o, empty)
+            jobs = o.jobs
+            if o.progress_phase_seconds > 0:
+                jobs = phase_jobs(o, await _noop_throughput(client, log, o, o.jobs))
+            empty = await _noop_throughput(client, log, o, jobs)
+            seconds = long_job_seconds(o, jobs, empty)
             sleeping = noop_messages(o.progress_jobs, o.tenants, "bench.sleep",
                                      {"seconds": seconds})
-            beside_sleeping = await _alongside(client, log, seconds, o, sleeping)
+            beside_sleeping = await _alongside(client, log, seconds, o, jobs, sleeping)
             spinning = noop_messages(o.progress_jobs, o.tenants, "bench.spin",
                                      {"steps": o.progress_steps, "seconds": seconds})
-            beside_spinning = await _alongside(client, log, seconds, o, spinning)
+            beside_spinning = await _alongside(client, log, seconds, o, jobs, spinning)
             heavy = noop_messages(o.progress_jobs, o.tenants, "bench.advance",
                                   {"steps": o.progress_steps, "seconds": seconds})
             writes_before = await services.scrape("jobservice_completion_writes_total")
-            beside_heavy = await _alongside(client, log, seconds, o, heavy)
+            beside_heavy = await _alongside(client, log, seconds, o, jobs, heavy)
             writes = await services.scrape("jobservice_completion_writes_total") - writes_before
         finally:
             feeder.cancel()
-    return _result(o, seconds, pool, log, {m["id"] for m in heavy}, empty,
+    return _result(o, jobs, seconds, pool, log, {m["id"] for m in heavy}, empty,
                    (beside_sleeping, beside_spinning, beside_heavy), writes)
 
 
-def long_job_seconds(o: BenchOptions, empty_jobs_per_s: float) -> float:
+def long_job_seconds(o: BenchOptions, jobs: int, empty_jobs_per_s: float) -> float:
     """How long the long jobs run: `--progress-seconds`, or longer where the no-op load
     would not end before them (a slow machine): 2.5 times the no-op phase with the pool
     otherwise empty (beside the long jobs it ran up to 2.1 times slower, measured), plus 5 s
     for publishing it."""
-    return max(o.progress_seconds, round(2.5 * o.jobs / max(empty_jobs_per_s, 1.0) + 5, 1))
+    return max(o.progress_seconds, round(2.5 * jobs / max(empty_jobs_per_s, 1.0) + 5, 1))
 
 
 async def _alongside(client: JobClient, log: EventLog, seconds: float, o: BenchOptions,
-                     long_jobs: list[dict[str, Any]]) -> float:
+                     jobs: int, long_jobs: list[dict[str, Any]]) -> float:
     """No-op throughput while `long_jobs` run (all started first); waits for them to end."""
     ids = {m["id"] for m in long_jobs}
     await publish(client, long_jobs, {})
     await log.wait_for(lambda log: ids.issubset(log.at("RUNNING")), 120)
-    throughput = await _noop_throughput(client, log, o)
+    throughput = await _noop_throughput(client, log, o, jobs)
     noop_end = time.time()
     await log.wait_for(all_ended(ids), seconds * 4 + 60)
     if min(log.received_at[j] for j in ids) < noop_end:
@@ -82,8 +93,9 @@ async def _alongside(client: JobClient, log: EventLog, seconds: float, o: BenchO
     return throughput
 
 
-def _result(o: BenchOptions, seconds: float, pool: int, log: EventLog, heavy_ids: set[str],
-            empty: float, beside: tuple[float, float, float], writes: float) -> ScenarioResult:
+def _result(o: BenchOptions, jobs: int, seconds: float, pool: int, log: EventLog,
+            heavy_ids: set[str], empty: float, beside: tuple[float, float, float],
+            writes: float) -> ScenarioResult:
     beside_sleeping, beside_spinning, beside_heavy = beside
     rates = []
     for job in heavy_ids:
@@ -94,7 +106,7 @@ def _result(o: BenchOptions, seconds: float, pool: int, log: EventLog, heavy_ids
                     else None)
     figures = {
         "progress_jobs": o.progress_jobs, "advances_per_job": o.progress_steps,
-        "progress_job_seconds": seconds, "pool_size": pool, "noop_jobs": o.jobs,
+        "progress_job_seconds": seconds, "pool_size": pool, "noop_jobs": jobs,
         "completion_writes_per_job_per_s_max": round(max(rates), 3),
         "completion_writes_per_job_per_s_mean": round(sum(rates) / len(rates), 3),
         "completion_statements": int(writes),
@@ -107,7 +119,7 @@ def _result(o: BenchOptions, seconds: float, pool: int, log: EventLog, heavy_ids
     }
     return ScenarioResult(
         "progress", f"progress-heavy: {o.progress_jobs} jobs x {o.progress_steps} advances over "
-                    f"{seconds:g} s, with {o.jobs} no-op jobs; pool {pool}",
+                    f"{seconds:g} s, with {jobs} no-op jobs a phase; pool {pool}",
         [("completion writes per job per second, max / mean",
           f"{figures['completion_writes_per_job_per_s_max']} / "
           f"{figures['completion_writes_per_job_per_s_mean']}"),
