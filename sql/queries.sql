@@ -31,6 +31,17 @@ WITH input AS (
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
 
+-- name: insert_and_claim
+-- insert_jobs' batch ($1-$16), then, when it created queued work, the claim of up to $18 jobs
+-- for instance $17 with its filters ($19-$21) and started classes ($22), in one transaction;
+-- see sql/010_insert_and_claim.sql. Claimed (and expired) rows have created = false.
+SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
+       parameters, max_retries, retry_backoff_s, failures, reschedules, context,
+       selected_elements, environment, created
+  FROM jobservice_insert_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                   $14, $15, $16, $17, $18, $19::text[], $20::text[],
+                                   $21::text[], $22::text[]);
+
 -- name: submit_job
 -- One composite submission (dependencies, on_success, steps, elements, environment): see
 -- jobservice_submit_job in sql/004_composite_jobs.sql.

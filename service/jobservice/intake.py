@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +90,9 @@ class Intake:
 
     def __init__(self, store: Store, broker: Broker, registry: JobRegistry,
                  metrics: ServiceMetrics, settings: Settings,
-                 on_stored: Callable[[], None]) -> None:
+                 store_jobs: Callable[[Sequence[NewJob]], Awaitable[InsertOutcome]]) -> None:
+        """`store_jobs` stores a batch and wakes whoever claims (Scheduler.store_jobs, which
+        may also claim in the same round trip)."""
         self._store = store
         self._broker = broker
         self._registry = registry
@@ -98,7 +100,7 @@ class Intake:
         self._settings = settings
         self._dlq = settings.submit_dlq
         self._batch_size = settings.intake_batch_size
-        self._on_stored = on_stored
+        self._store_jobs = store_jobs
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         # A channel on which a message was deliberately left unacknowledged (to come back):
         # no multiple ack there, it would take that message with it.
@@ -125,9 +127,7 @@ class Intake:
         outcome = InsertOutcome(frozenset(), {})
         if unique:
             outcome = await retry_transient(
-                "store submissions", lambda: self._store.insert_jobs(list(unique.values())))
-            if outcome.created:
-                self._on_stored()
+                "store submissions", lambda: self._store_jobs(list(unique.values())))
         done = await self._answer_all(parsed, outcome)
         await self._ack_batch(deliveries, done)
 

@@ -228,10 +228,15 @@ class WorkerPool:
             self._slot_freed.set()
         if expired:
             self.record_expired(expired)
-        assert self._task_group is not None, "pool not bound to a task group"
-        # Started in another task: preparing may itself wait for a final write.
-        self._task_group.start_soon(self._start_claimed, claimed)
+        self.launch_claimed(claimed)
         return applied, len(claimed)
+
+    def launch_claimed(self, claimed: Sequence[ClaimedJob]) -> None:
+        """Start jobs claimed by a caller that must not wait for them (a final write, an
+        intake batch), in another task: preparing may itself wait for a final write. Ends
+        the claim (`claim_ends`) once they are launched."""
+        assert self._task_group is not None, "pool not bound to a task group"
+        self._task_group.start_soon(self._start_claimed, claimed)
 
     async def _start_claimed(self, claimed: Sequence[ClaimedJob]) -> None:
         try:

@@ -15,7 +15,14 @@ import anyio
 
 from jobservice.batching import TRANSIENT_DB_ERRORS
 from jobservice.pool import WorkerPool
-from jobservice.store import ClaimFilter, FinishedRun, Store
+from jobservice.store import (
+    ClaimFilter,
+    ClaimRequest,
+    FinishedRun,
+    InsertOutcome,
+    NewJob,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ class Scheduler:
         self._wait_scope = anyio.CancelScope()
         self.stopped = anyio.Event()
         self.claims = 0  # claim statements issued
+        self.intake_claims = 0  # of which intake batches stored with a claim (store_jobs)
 
     def stop(self) -> None:
         """Claim no more; a claim in flight still completes and its jobs start (so none is
@@ -107,6 +115,45 @@ class Scheduler:
             return len(claimed)
         finally:
             self._pool.claim_ends()
+
+    async def store_jobs(self, jobs: Sequence[NewJob]) -> InsertOutcome:
+        """The intake's write: store a batch and, when it queued work and the pool has free
+        slots, claim them in the same round trip (the submission reaches RUNNING without a
+        wake-up and a second statement). The claimed jobs are started in the background."""
+        free = 0 if self._stopping else self._pool.free_slots
+        if self.budget is not None:
+            free = min(free, self.budget)
+        if free <= 0:
+            outcome = await self._store.insert_jobs(jobs)
+            if outcome.created:
+                self.wake()
+            return outcome
+        self._pool.hold_for_claim(free)
+        self._pool.claim_begins()
+        try:
+            outcome = await self._store.insert_jobs(
+                jobs, ClaimRequest(self._instance_id, free, self._filter, self._pool.runnable))
+        except BaseException:
+            self._pool.settle_claim(free, 0)
+            self._pool.claim_ends()
+            raise
+        claimed = outcome.claimed
+        self.claims += 1
+        self.intake_claims += 1
+        if self.budget is not None:
+            self.budget -= len(claimed)
+        self._pool.settle_claim(free, len(claimed))
+        if outcome.expired:
+            self._pool.record_expired(outcome.expired)
+        if claimed:
+            self._pool.launch_claimed(claimed)
+        else:
+            self._pool.claim_ends()
+        if outcome.created and (outcome.claim_limit == 0 or len(claimed) >= free):
+            # no claim was made (composite jobs in the batch), or more may be queued than
+            # the free slots took
+            self.wake()
+        return outcome
 
     async def write_finals(self, runs: Sequence[FinishedRun]) -> set[UUID]:
         """The finisher's write: the final statuses of `runs` and, in the same round trip,

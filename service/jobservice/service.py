@@ -196,7 +196,7 @@ class JobService:
                             on_rescued=after_write)
         self.lease = lease
         await lease.start()
-        intake = Intake(store, broker, self.registry, self.metrics, s, after_write)
+        intake = Intake(store, broker, self.registry, self.metrics, s, scheduler.store_jobs)
         control = ControlHandler(store, broker, pool, self.metrics, s, after_write)
 
         background = anyio.CancelScope()

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -29,7 +29,8 @@ _MIGRATION_LOCK = 7310000
 _RELAY_LOCK = 7310002
 # Statements whose rows fire the outbox trigger: after them the relay has work.
 _WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "finish_and_claim",
-                            "write_completion", "fail_claimed", "stop_job"})
+                            "insert_and_claim", "write_completion", "fail_claimed",
+                            "stop_job"})
 _CLAIMED = frozenset({JobStatus.TO_BE_RUN.value, JobStatus.RUNNING.value})
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 
@@ -183,6 +184,22 @@ class InsertOutcome:
     existing: dict[UUID, JobStatus]
     # the status each created job got (a composite one may be PENDING, QUEUED or ABORTED)
     statuses: dict[UUID, JobStatus] | None = None
+    # with a ClaimRequest: the jobs claimed (and started) in the same round trip, and the
+    # expired ones met on the way (now FAILED)
+    claimed: list[ClaimedJob] = field(default_factory=list)
+    expired: list[JobRef] = field(default_factory=list)
+    claim_limit: int = 0  # the limit of the claim made with the insert; 0: none was asked
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A claim to make in the round trip that stores an intake batch (Store.insert_jobs):
+    up to `limit` jobs for `instance_id`, as `Store.claim_jobs` would."""
+
+    instance_id: str
+    limit: int
+    claim_filter: ClaimFilter
+    runnable: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +230,26 @@ def _filter_args(f: ClaimFilter) -> tuple[list[str] | None, list[str] | None, li
     return (None if f.tenants is None else list(f.tenants),
             None if f.exclude_tenants is None else list(f.exclude_tenants),
             None if f.job_types is None else list(f.job_types))
+
+
+def _insert_args(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    """$1-$16 of `insert_jobs` and `insert_and_claim`: the jobs' columns, and their
+    parameters as (job id, name, JSON value) rows."""
+    param_ids: list[UUID] = []
+    param_names: list[str] = []
+    param_values: list[str] = []
+    for job in jobs:
+        for name, value in job.parameters.items():
+            param_ids.append(job.id)
+            param_names.append(name)
+            param_values.append(json.dumps(value))
+    return ([j.id for j in jobs], [j.tenant for j in jobs], [j.job_class for j in jobs],
+            [j.status.value for j in jobs], [j.priority for j in jobs],
+            [j.description for j in jobs], [j.owner for j in jobs],
+            [j.expiration_date for j in jobs], param_ids, param_names, param_values,
+            [j.at_most_once for j in jobs], [j.max_retries for j in jobs],
+            [j.retry_backoff_s for j in jobs], [j.run_after for j in jobs],
+            [j.context for j in jobs])
 
 
 def _claimed(rows: Sequence[asyncpg.Record]) -> tuple[list[ClaimedJob], list[JobRef]]:
@@ -359,16 +396,32 @@ class Store:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> InsertOutcome:
+    async def insert_jobs(self, jobs: Sequence[NewJob], claim: ClaimRequest | None = None
+                          ) -> InsertOutcome:
         """Create the jobs not yet known, notify claimers, report duplicates. Plain jobs
         only (the usual batch): one statement (insert, parameters, NOTIFY), one round trip,
-        atomic without an explicit transaction. With composite ones: the plain ones in that
-        statement, then one per composite one, in order, in one transaction."""
+        atomic without an explicit transaction; with `claim`, that statement also claims
+        (sql/010_insert_and_claim.sql) when it created queued work. With composite ones: the
+        plain ones in that statement, then one per composite one, in order, in one
+        transaction, and no claim."""
         plain = [j for j in jobs if j.spec is None]
         composite = [j for j in jobs if j.spec is not None]
         statuses: dict[UUID, JobStatus] = {}
         created_ids: set[UUID] = set()
-        if not composite:
+        claimed: list[ClaimedJob] = []
+        expired: list[JobRef] = []
+        claim_limit = 0
+        if not composite and claim is not None and claim.limit > 0:
+            claim_limit = claim.limit
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    QUERIES["insert_and_claim"], *_insert_args(plain), claim.instance_id,
+                    claim.limit, *_filter_args(claim.claim_filter), list(claim.runnable))
+            self._count("insert_and_claim")
+            created_ids.update(r["id"] for r in rows if r["created"])
+            claimed, expired = _claimed([r for r in rows if not r["created"]])
+            statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+        elif not composite:
             async with self._pool.acquire() as conn:
                 created_ids.update(await self._insert_plain(conn, plain))
             statuses.update({j.id: j.status for j in plain if j.id in created_ids})
@@ -392,28 +445,11 @@ class Store:
         duplicates = [j.id for j in jobs if j.id not in created]
         if duplicates:
             existing = await self.job_statuses(duplicates)
-        return InsertOutcome(created, existing, statuses)
+        return InsertOutcome(created, existing, statuses, claimed, expired, claim_limit)
 
     async def _insert_plain(self, conn: PoolConnectionProxy, jobs: Sequence[NewJob]
                             ) -> set[UUID]:
-        param_ids: list[UUID] = []
-        param_names: list[str] = []
-        param_values: list[str] = []
-        for job in jobs:
-            for name, value in job.parameters.items():
-                param_ids.append(job.id)
-                param_names.append(name)
-                param_values.append(json.dumps(value))
-        rows = await conn.fetch(
-            QUERIES["insert_jobs"],
-            [j.id for j in jobs], [j.tenant for j in jobs], [j.job_class for j in jobs],
-            [j.status.value for j in jobs], [j.priority for j in jobs],
-            [j.description for j in jobs], [j.owner for j in jobs],
-            [j.expiration_date for j in jobs], param_ids, param_names, param_values,
-            [j.at_most_once for j in jobs], [j.max_retries for j in jobs],
-            [j.retry_backoff_s for j in jobs], [j.run_after for j in jobs],
-            [j.context for j in jobs],
-        )
+        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_args(jobs))
         self.statements += 1
         return {r["id"] for r in rows}
 

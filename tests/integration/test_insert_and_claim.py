@@ -1,0 +1,123 @@
+"""An intake batch stored with a claim (sql/010_insert_and_claim.sql, Scheduler.store_jobs):
+the claim is the fair one over every queued job, within the instance's filters and free
+slots; every transition keeps its event; duplicates and composite batches claim nothing; an
+idle instance runs a submission without a claim statement of its own."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from jobservice.client import JobClient
+from jobservice.intake import parse_submission
+from jobservice.jobs.registry import JobRegistry
+from jobservice.model import JobStatus
+from jobservice.store import ClaimFilter, ClaimRequest, NewJob, Store
+from tests.conftest import ServiceFactory, wait_for_all
+from tests.integration.test_scheduling import insert_queued
+
+RUNS_NOOP = ("jobservice.noop",)
+
+
+def plain_job(tenant: str, job_id: uuid.UUID | None = None) -> NewJob:
+    return NewJob(job_id or uuid.uuid4(), tenant, "jobservice.noop", JobStatus.QUEUED, 0,
+                  None, None, None, {"note": tenant})
+
+
+@pytest.fixture
+async def store(database_url: str, db: asyncpg.Connection) -> AsyncIterator[Store]:
+    await db.execute("SELECT jobservice_renew_lease('i1', 60)")
+    store = await Store.connect(database_url, size=4)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_the_batch_is_stored_and_claimed_in_one_round_trip_with_every_event(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    job = plain_job("alpha")
+    before = store.statements
+    outcome = await store.insert_jobs([job], ClaimRequest("i1", 4, ClaimFilter(), RUNS_NOOP))
+    assert store.statements - before == 1
+    assert outcome.created == {job.id} and outcome.claim_limit == 4
+    assert [(c.id, c.status, c.parameters) for c in outcome.claimed] == [
+        (job.id, JobStatus.RUNNING, {"note": "alpha"})]
+    row = await db.fetchrow("SELECT status, instance_id, attempt, transition_seq "
+                            "FROM t_job_info WHERE id = $1", job.id)
+    assert row is not None and tuple(row) == ("RUNNING", "i1", 1, 3)
+    events = await db.fetch("SELECT seq, routing_key FROM t_job_event_outbox "
+                            "WHERE job_id = $1 ORDER BY id", job.id)
+    assert [(e["seq"], e["routing_key"]) for e in events] == [
+        (1, "alpha.queued"), (2, "alpha.to_be_run"), (3, "alpha.running")]
+
+
+async def test_the_claim_is_the_fair_one_over_all_queued_work_not_only_the_batch(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    older = await insert_queued(db, "beta", 3)
+    job = plain_job("alpha")
+    outcome = await store.insert_jobs([job], ClaimRequest("i1", 2, ClaimFilter(), RUNS_NOOP))
+    claimed = {c.id: c.tenant for c in outcome.claimed}
+    # one per tenant first (round robin), so the new tenant's job is not behind the others
+    assert len(claimed) == 2 and job.id in claimed and set(claimed) - {job.id} <= set(older)
+
+
+async def test_the_claim_keeps_to_the_instance_filters_and_free_slots(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    jobs = [plain_job("alpha"), plain_job("beta"), plain_job("beta")]
+    outcome = await store.insert_jobs(
+        jobs, ClaimRequest("i1", 1, ClaimFilter(tenants=("beta",)), RUNS_NOOP))
+    assert outcome.created == {j.id for j in jobs}
+    assert [c.tenant for c in outcome.claimed] == ["beta"]
+    statuses = await db.fetch("SELECT tenant, status FROM t_job_info ORDER BY tenant, status")
+    assert [tuple(r) for r in statuses] == [("alpha", "QUEUED"), ("beta", "QUEUED"),
+                                            ("beta", "RUNNING")]
+
+
+async def test_a_batch_of_duplicates_claims_nothing(store: Store, db: asyncpg.Connection) -> None:
+    job = plain_job("alpha")
+    await store.insert_jobs([job])
+    await insert_queued(db, "beta", 1)
+    outcome = await store.insert_jobs([job], ClaimRequest("i1", 4, ClaimFilter(), RUNS_NOOP))
+    assert outcome.created == frozenset() and outcome.claimed == []
+    assert outcome.existing == {job.id: JobStatus.QUEUED}
+    assert await db.fetchval("SELECT count(*) FROM t_job_info WHERE status = 'QUEUED'") == 2
+
+
+async def test_a_batch_with_a_composite_job_is_stored_without_a_claim(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    first = plain_job("beta")
+    await store.insert_jobs([first])
+    plain = plain_job("alpha")
+    composite = parse_submission(json.dumps({
+        "id": str(uuid.uuid4()), "tenant": "beta", "job_class": "jobservice.noop",
+        "depends_on": [str(first.id)]}).encode(), JobRegistry.default(), 1_000_000)
+    assert isinstance(composite, NewJob) and composite.spec is not None
+    outcome = await store.insert_jobs([plain, composite],
+                                      ClaimRequest("i1", 4, ClaimFilter(), RUNS_NOOP))
+    assert outcome.created == {plain.id, composite.id}
+    assert outcome.claimed == [] and outcome.claim_limit == 0
+    assert await db.fetchval("SELECT status FROM t_job_info WHERE id = $1", plain.id) == "QUEUED"
+
+
+async def test_an_idle_instance_runs_a_submission_with_the_claim_of_its_intake(
+    start_service: ServiceFactory, client: JobClient
+) -> None:
+    service = await start_service(pool_size=4)
+    assert service.scheduler is not None and service.pool is not None
+    async with client.subscribe("#") as events:
+        reply = await client.submit("alpha", "jobservice.noop")
+        assert reply is not None and reply.id is not None
+        seen = await wait_for_all(events, [reply.id], "SUCCEEDED")
+    assert [e.status for e in seen[str(reply.id)]] == ["QUEUED", "TO_BE_RUN", "RUNNING",
+                                                       "SUCCEEDED"]
+    assert service.scheduler.intake_claims == 1  # stored and claimed in one round trip
+    assert service.pool.free_slots == 4
