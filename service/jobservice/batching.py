@@ -32,6 +32,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_GATHER_TURNS = 3
+
+
 class BatchWriter(Generic[T, R]):
     """Writes whatever accumulated while the previous write ran: no added latency when
     idle, large batches under load. A write that fails for a transient reason (database
@@ -43,9 +46,12 @@ class BatchWriter(Generic[T, R]):
         write: Callable[[Sequence[T]], Awaitable[R]],
         max_batch: int = 500,
         max_backoff_s: float = 5.0,
+        coming: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`coming()`: how many items are about to be submitted (see `_gather`)."""
         self._name = name
         self._write = write
+        self._coming = coming
         self._max_batch = max_batch
         self._max_backoff = max_backoff_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -67,9 +73,22 @@ class BatchWriter(Generic[T, R]):
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+            await self._gather()
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             await self._write_batch(batch)
+
+    async def _gather(self) -> None:
+        """Give items about to come a few turns of the event loop to join this batch. The
+        pool's final writes: jobs started by the previous write that end at once (no-op,
+        failing early) submit within two or three turns; without this, two groups of jobs
+        that were claimed apart stay apart, each write taking half of them, at twice the
+        statements per job (measured: 0.24 -> 0.47, -14 % jobs/s). Jobs that run longer are
+        not waited for."""
+        for _ in range(_GATHER_TURNS):
+            if len(self._pending) >= self._max_batch or self._coming() <= 0:
+                return
+            await asyncio.sleep(0)
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         backoff = 0.05

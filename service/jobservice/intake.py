@@ -90,9 +90,11 @@ class Intake:
 
     def __init__(self, store: Store, broker: Broker, registry: JobRegistry,
                  metrics: ServiceMetrics, settings: Settings,
-                 store_jobs: Callable[[Sequence[NewJob]], Awaitable[InsertOutcome]]) -> None:
-        """`store_jobs` stores a batch and wakes whoever claims (Scheduler.store_jobs, which
-        may also claim in the same round trip)."""
+                 store_jobs: Callable[[Sequence[NewJob], bool], Awaitable[InsertOutcome]]
+                 ) -> None:
+        """`store_jobs(batch, more_waiting)` stores a batch and wakes whoever claims
+        (Scheduler.store_jobs, which may also claim in the same round trip when no other
+        submission waits)."""
         self._store = store
         self._broker = broker
         self._registry = registry
@@ -127,7 +129,8 @@ class Intake:
         outcome = InsertOutcome(frozenset(), {})
         if unique:
             outcome = await retry_transient(
-                "store submissions", lambda: self._store_jobs(list(unique.values())))
+                "store submissions",
+                lambda: self._store_jobs(list(unique.values()), not self._queue.empty()))
         done = await self._answer_all(parsed, outcome)
         await self._ack_batch(deliveries, done)
 

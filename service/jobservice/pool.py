@@ -126,6 +126,12 @@ class WorkerPool:
     def busy(self) -> int:
         return self._busy
 
+    @property
+    def running_unfinished(self) -> int:
+        """Jobs running here whose final write has not returned (some may be waiting in
+        the finisher's batch)."""
+        return len(self._running)
+
     def running_ids(self) -> list[UUID]:
         return list(self._running)
 

@@ -144,7 +144,8 @@ class JobService:
         s = self.settings
         # Final writes claim the slots they free in the same round trip (Scheduler).
         finisher: BatchWriter[FinishedRun, set[UUID]] = BatchWriter(
-            "finish", lambda runs: scheduler.write_finals(runs))
+            "finish", lambda runs: scheduler.write_finals(runs),
+            coming=lambda: pool.running_unfinished - finisher.backlog)
 
         async def write_completion(writes: Sequence[CompletionWrite]) -> None:
             await store.write_completion(writes, s.instance_id)
