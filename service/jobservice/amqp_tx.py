@@ -32,27 +32,40 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class PersistentJsonMessage:
-    """A persistent `application/json` message with a message id and integer headers: the
-    events' shape, encoded here straight into frame bytes (`encode`). pamqp's general
-    marshalling (a validated object per frame and per property, type dispatch per field) was
-    a tenth of the instance's CPU at full load; the bytes are the same (tests/unit)."""
+    """A persistent `application/json` message, optionally with integer headers, a message
+    id and a user id: the shape of the events and of bulk submissions, encoded here straight
+    into frame bytes (`encode`). pamqp's general marshalling (a validated object per frame
+    and per property, type dispatch per field) was a tenth of the instance's CPU at full
+    load; the bytes are the same (tests/unit)."""
 
     body: bytes
     exchange: str
     routing_key: str
-    message_id: str
-    headers: Mapping[str, int]
+    message_id: str | None = None
+    headers: Mapping[str, int] | None = None
+    user_id: str | None = None
 
     def encode(self, channel_number: int, max_body_size: int) -> bytes:
         """basic.publish, its content header and body frames (AMQP 0-9-1, section 4.2)."""
         method = b"".join((_BASIC_PUBLISH, _short_string(self.exchange),
                            _short_string(self.routing_key), b"\x00"))  # not mandatory/immediate
-        table = b"".join(_short_string(key) + table_integer(value)
-                         for key, value in sorted(self.headers.items()))
-        header = b"".join((
-            _CONTENT_HEADER.pack(_BASIC_CLASS, 0, len(self.body), _JSON_PROPERTY_FLAGS),
-            _APPLICATION_JSON, _LONG.pack(len(table)), table, _PERSISTENT,
-            _short_string(self.message_id)))
+        # property flags and values, in the order of the wire (content-type, headers,
+        # delivery-mode, message-id, user-id)
+        flags = _CONTENT_TYPE_FLAG | _DELIVERY_MODE_FLAG
+        values = [_APPLICATION_JSON]
+        if self.headers is not None:
+            flags |= _HEADERS_FLAG
+            table = b"".join(_short_string(key) + table_integer(value)
+                             for key, value in sorted(self.headers.items()))
+            values += (_LONG.pack(len(table)), table)
+        values.append(_PERSISTENT)
+        if self.message_id is not None:
+            flags |= _MESSAGE_ID_FLAG
+            values.append(_short_string(self.message_id))
+        if self.user_id is not None:
+            flags |= _USER_ID_FLAG
+            values.append(_short_string(self.user_id))
+        header = _CONTENT_HEADER.pack(_BASIC_CLASS, 0, len(self.body), flags) + b"".join(values)
         parts = [_FRAME_HEAD.pack(_METHOD_FRAME, channel_number, len(method)), method,
                  _FRAME_END,
                  _FRAME_HEAD.pack(_HEADER_FRAME, channel_number, len(header)), header,
@@ -71,8 +84,9 @@ _BASIC_CLASS = 60
 _BASIC_PUBLISH = struct.pack(">HHH", _BASIC_CLASS, 40, 0)  # class, method, reserved ticket
 _CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
 _LONG = struct.Struct(">I")
-# property flags: content-type, headers, delivery-mode, message-id (in that order on the wire)
-_JSON_PROPERTY_FLAGS = (1 << 15) | (1 << 13) | (1 << 12) | (1 << 7)
+# basic properties present (AMQP 0-9-1 basic class): bit 15 first
+_CONTENT_TYPE_FLAG, _HEADERS_FLAG, _DELIVERY_MODE_FLAG = 1 << 15, 1 << 13, 1 << 12
+_MESSAGE_ID_FLAG, _USER_ID_FLAG = 1 << 7, 1 << 4
 _APPLICATION_JSON = b"\x10application/json"
 _PERSISTENT = b"\x02"
 

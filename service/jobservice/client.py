@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any, Self
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -19,7 +18,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from jobservice.amqp_tx import OutgoingMessage, TransactionalPublisher
+from jobservice.amqp_tx import PersistentJsonMessage, TransactionalPublisher
 from jobservice.model import EventMessage, ReplyMessage
 
 
@@ -163,10 +162,10 @@ class JobClient:
             channel = await self._connection.channel(publisher_confirms=False)
             assert isinstance(channel, AbstractRobustChannel)
             self._bulk = TransactionalPublisher(channel)
-        properties = aiormq.spec.Basic.Properties(content_type="application/json",
-                                                  delivery_mode=2, user_id=self._user_id)
+        routing_key = f"{self._ns}.submit"
         await self._bulk.publish(
-            OutgoingMessage(json.dumps(m).encode(), "", f"{self._ns}.submit", properties)
+            PersistentJsonMessage(json.dumps(m).encode(), "", routing_key,
+                                  user_id=self._user_id)
             for m in messages)
 
     async def control(self, action: str, job_id: uuid.UUID | str, *, wait: bool = True,

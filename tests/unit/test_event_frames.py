@@ -1,5 +1,6 @@
-"""The events' frames, encoded by hand (jobservice.amqp_tx.PersistentJsonMessage), are the
-bytes pamqp marshals for the same publish, and pamqp reads them back."""
+"""The frames of events and bulk submissions, encoded by hand
+(jobservice.amqp_tx.PersistentJsonMessage), are the bytes pamqp marshals for the same
+publish, and pamqp reads them back."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from jobservice.amqp_tx import PersistentJsonMessage
 def pamqp_bytes(message: PersistentJsonMessage, channel: int, max_body: int) -> bytes:
     properties = aiormq.spec.Basic.Properties(
         content_type="application/json", delivery_mode=2, message_id=message.message_id,
-        headers=dict(message.headers))
+        headers=None if message.headers is None else dict(message.headers),
+        user_id=message.user_id)
     frames: list[pamqp.frame.FrameTypes] = [
         aiormq.spec.Basic.Publish(exchange=message.exchange, routing_key=message.routing_key),
         ContentHeader(properties=properties, body_size=len(message.body))]
@@ -38,6 +40,20 @@ def test_bodies_empty_or_split_over_frames_encode_as_pamqp_does(body: bytes) -> 
     message = PersistentJsonMessage(body, "ns.events", "Ünïcode-tenant.succeeded", "id-1",
                                     {"x-jobservice-seq": 4, "another": -3})
     assert message.encode(7, 512) == pamqp_bytes(message, 7, 512)
+
+
+@pytest.mark.parametrize("user_id", [None, "producer-a", "é" * 40])
+def test_a_bulk_submission_with_or_without_user_id_encodes_as_pamqp_does(
+    user_id: str | None,
+) -> None:
+    message = PersistentJsonMessage(b'{"tenant": "a", "job_class": "jobservice.noop"}', "",
+                                    "jobservice.submit", user_id=user_id)
+    assert message.encode(2, 131_064) == pamqp_bytes(message, 2, 131_064)
+
+
+def test_every_property_together_encodes_as_pamqp_does() -> None:
+    message = PersistentJsonMessage(b"{}", "x", "y", "m-9", {"a": 1}, "u")
+    assert message.encode(1, 131_064) == pamqp_bytes(message, 1, 131_064)
 
 
 def test_pamqp_reads_the_frames_back() -> None:
