@@ -5,31 +5,11 @@
 -- One statement (so one round trip, atomic without an explicit transaction) for a whole
 -- intake batch: jobs, their parameters, and one NOTIFY when queued work was created; existing
 -- ids are left alone (idempotent resubmission) and the ids actually created are returned.
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[],
-                         $6::text[], $7::text[], $8::timestamptz[], $12::boolean[],
-                         $13::integer[], $14::float8[], $15::timestamptz[], $16::text[])
-        AS i(id, tenant, job_class, status, priority, description, owner, expiration_date,
-             at_most_once, max_retries, retry_backoff_s, run_after, context)
-), inserted AS (
-    INSERT INTO t_job_info (id, tenant, job_class, status, priority, description, owner,
-                            expiration_date, at_most_once, max_retries, retry_backoff_s,
-                            run_after, context)
-    SELECT id, tenant, job_class, status, priority, description, owner, expiration_date,
-           at_most_once, max_retries, retry_backoff_s, run_after, context
-      FROM input
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, status
-), parameters AS (
-    INSERT INTO t_job_parameters (job_id, name, value)
-    SELECT p.job_id, p.name, p.value::jsonb
-      FROM unnest($9::uuid[], $10::text[], $11::text[]) AS p(job_id, name, value)
-      JOIN inserted ON inserted.id = p.job_id
-), notified AS (
-    SELECT pg_notify('jobservice_work', '')
-      FROM (SELECT 1 FROM inserted WHERE status = 'QUEUED' LIMIT 1) AS queued
-)
-SELECT id, (SELECT count(*) FROM notified) AS notified FROM inserted;
+-- It is insert_and_claim without the claim (sql/010_insert_and_claim.sql).
+SELECT id
+  FROM jobservice_insert_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                   $14, $15, $16, NULL, 0, NULL, NULL, NULL, NULL)
+ WHERE created;
 
 -- name: insert_and_claim
 -- insert_jobs' batch ($1-$16), then, when it created queued work, the claim of up to $18 jobs
