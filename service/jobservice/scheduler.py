@@ -155,9 +155,10 @@ class Scheduler:
             self._pool.launch_claimed(claimed)
         else:
             self._pool.claim_ends()
-        if outcome.created and (outcome.claim_limit == 0 or len(claimed) >= free):
-            # no claim was made (composite jobs in the batch), or more may be queued than
-            # the free slots took
+        delayed = any(job.run_after is not None for job in jobs)
+        if outcome.created and (outcome.claim_limit == 0 or len(claimed) >= free or delayed):
+            # no claim was made (composite jobs in the batch), more may be queued than the
+            # free slots took, or a delayed start is due later: the scheduler times it
             self.wake()
         return outcome
 
