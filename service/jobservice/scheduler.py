@@ -123,8 +123,8 @@ class Scheduler:
         the submission reaches RUNNING without a wake-up and a second statement (idle
         wake-up p50 3.7 -> 2.8 ms). Otherwise the claim's time would hold up the submissions
         behind it, where the scheduler's own claim runs beside them, and jobs claimed here
-        while others run would form a group apart from the final writes' (docs/
-        benchmarks.md). Claimed jobs start in the background."""
+        while others run would form a group apart from the final writes' (see
+        docs/benchmarks.md). Claimed jobs start in the background."""
         idle = not (self._stopping or self._pool.busy or more_waiting)
         free = self._pool.free_slots if idle else 0
         if self.budget is not None:
