@@ -33,8 +33,8 @@ DECLARE
     v_created_statuses text[];
     v_queued boolean;
 BEGIN
-    -- the batch: jobs not known yet, and their parameters (queries.sql `insert_jobs` is this
-    -- function with p_limit 0)
+    -- the batch: jobs not known yet, and their parameters (with p_limit 0 this function is
+    -- the intake's plain insert)
     WITH inserted AS (
         INSERT INTO t_job_info (id, tenant, job_class, status, priority, description, owner,
                                 expiration_date, at_most_once, max_retries, retry_backoff_s,

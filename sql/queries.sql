@@ -1,20 +1,14 @@
 -- Every statement the store runs, by name. Loaded once at import by jobservice.store;
 -- a test prepares each of them against a migrated database.
 
--- name: insert_jobs
--- One statement (so one round trip, atomic without an explicit transaction) for a whole
--- intake batch: jobs, their parameters, and one NOTIFY when queued work was created; existing
--- ids are left alone (idempotent resubmission) and the ids actually created are returned.
--- It is insert_and_claim without the claim (sql/010_insert_and_claim.sql).
-SELECT id
-  FROM jobservice_insert_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                   $14, $15, $16, NULL, 0, NULL, NULL, NULL, NULL)
- WHERE created;
-
 -- name: insert_and_claim
--- insert_jobs' batch ($1-$16), then, when it created queued work, the claim of up to $18 jobs
--- for instance $17 with its filters ($19-$21) and started classes ($22), in one transaction;
--- see sql/010_insert_and_claim.sql. Claimed (and expired) rows have created = false.
+-- One statement (so one round trip, atomic without an explicit transaction) for a whole
+-- intake batch ($1-$16): jobs, their parameters, and one NOTIFY when queued work was
+-- created; existing ids are left alone (idempotent resubmission), the ids created come back
+-- with created = true. Then, when it created queued work and $18 > 0, the claim of up to $18
+-- jobs for instance $17 with its filters ($19-$21) and started classes ($22), in the same
+-- transaction; claimed (and expired) rows have created = false. See
+-- sql/010_insert_and_claim.sql.
 SELECT id, status, tenant, job_class, priority, owner, attempt, created_at, queued_at,
        parameters, max_retries, retry_backoff_s, failures, reschedules, context,
        selected_elements, environment, created

@@ -16,10 +16,12 @@ import anyio
 from jobservice.batching import TRANSIENT_DB_ERRORS
 from jobservice.pool import WorkerPool
 from jobservice.store import (
+    ClaimedJob,
     ClaimFilter,
     ClaimRequest,
     FinishedRun,
     InsertOutcome,
+    JobRef,
     NewJob,
     Store,
 )
@@ -103,18 +105,23 @@ class Scheduler:
             except BaseException:
                 self._pool.settle_claim(free, 0)
                 raise
-            self.claims += 1
-            if self.budget is not None:
-                self.budget -= len(claimed)
-            # Give back the slots the claim did not fill.
-            self._pool.settle_claim(free, len(claimed))
-            if expired:
-                self._pool.record_expired(expired)
+            self._settle(free, claimed, expired)
             if claimed:
                 await self._pool.start(claimed)
             return len(claimed)
         finally:
             self._pool.claim_ends()
+
+    def _settle(self, held: int, claimed: Sequence[ClaimedJob], expired: Sequence[JobRef]
+                ) -> None:
+        """A claim made on `held` slots returned: its jobs keep their slots (and count
+        against `--max-jobs`), the slots it did not fill are given back."""
+        self.claims += 1
+        if self.budget is not None:
+            self.budget -= len(claimed)
+        self._pool.settle_claim(held, len(claimed))
+        if expired:
+            self._pool.record_expired(expired)
 
     async def store_jobs(self, jobs: Sequence[NewJob], more_waiting: bool = False
                          ) -> InsertOutcome:
@@ -144,13 +151,8 @@ class Scheduler:
             self._pool.claim_ends()
             raise
         claimed = outcome.claimed
-        self.claims += 1
         self.intake_claims += 1
-        if self.budget is not None:
-            self.budget -= len(claimed)
-        self._pool.settle_claim(free, len(claimed))
-        if outcome.expired:
-            self._pool.record_expired(outcome.expired)
+        self._settle(free, claimed, outcome.expired)
         if claimed:
             self._pool.launch_claimed(claimed)
         else:

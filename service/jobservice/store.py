@@ -29,8 +29,7 @@ _MIGRATION_LOCK = 7310000
 _RELAY_LOCK = 7310002
 # Statements whose rows fire the outbox trigger: after them the relay has work.
 _WRITES_EVENTS = frozenset({"claim_jobs", "mark_running", "finish_and_claim",
-                            "insert_and_claim", "write_completion", "fail_claimed",
-                            "stop_job"})
+                            "write_completion", "fail_claimed", "stop_job"})
 _CLAIMED = frozenset({JobStatus.TO_BE_RUN.value, JobStatus.RUNNING.value})
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 
@@ -233,7 +232,7 @@ def _filter_args(f: ClaimFilter) -> tuple[list[str] | None, list[str] | None, li
 
 
 def _insert_args(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
-    """$1-$16 of `insert_jobs` and `insert_and_claim`: the jobs' columns, and their
+    """$1-$16 of `insert_and_claim`: the jobs' columns, and their
     parameters as (job id, name, JSON value) rows."""
     param_ids: list[UUID] = []
     param_names: list[str] = []
@@ -408,28 +407,15 @@ class Store:
         composite = [j for j in jobs if j.spec is not None]
         statuses: dict[UUID, JobStatus] = {}
         created_ids: set[UUID] = set()
-        claimed: list[ClaimedJob] = []
-        expired: list[JobRef] = []
-        claim_limit = 0
-        if not composite and claim is not None and claim.limit > 0:
-            claim_limit = claim.limit
+        rows: list[asyncpg.Record] = []
+        claim_limit = claim.limit if claim is not None and not composite else 0
+        if not composite:
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(
-                    QUERIES["insert_and_claim"], *_insert_args(plain), claim.instance_id,
-                    claim.limit, *_filter_args(claim.claim_filter), list(claim.runnable))
-            self._count("insert_and_claim")
-            created_ids.update(r["id"] for r in rows if r["created"])
-            claimed, expired = _claimed([r for r in rows if not r["created"]])
-            statuses.update({j.id: j.status for j in plain if j.id in created_ids})
-        elif not composite:
-            async with self._pool.acquire() as conn:
-                created_ids.update(await self._insert_plain(conn, plain))
-            statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+                rows = await self._insert_plain(conn, plain, claim if claim_limit else None)
         else:
             async with self._pool.acquire() as conn, conn.transaction():
                 if plain:
-                    created_ids.update(await self._insert_plain(conn, plain))
-                    statuses.update({j.id: j.status for j in plain if j.id in created_ids})
+                    rows = await self._insert_plain(conn, plain, None)
                 for job in composite:
                     row = await conn.fetchrow(QUERIES["submit_job"], job.spec)  # jsonb codec
                     self.statements += 1
@@ -437,6 +423,10 @@ class Store:
                     if row["created"]:
                         created_ids.add(job.id)
                         statuses[job.id] = JobStatus(row["status"])
+        plain_created = {r["id"] for r in rows if r["created"]}
+        created_ids |= plain_created
+        statuses.update({j.id: j.status for j in plain if j.id in plain_created})
+        claimed, expired = _claimed([r for r in rows if not r["created"]])
         # insert_jobs and jobservice_submit_job notify claimers by themselves
         created = frozenset(created_ids)
         if created:
@@ -447,11 +437,17 @@ class Store:
             existing = await self.job_statuses(duplicates)
         return InsertOutcome(created, existing, statuses, claimed, expired, claim_limit)
 
-    async def _insert_plain(self, conn: PoolConnectionProxy, jobs: Sequence[NewJob]
-                            ) -> set[UUID]:
-        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_args(jobs))
+    async def _insert_plain(self, conn: PoolConnectionProxy, jobs: Sequence[NewJob],
+                            claim: ClaimRequest | None) -> list[asyncpg.Record]:
+        """One statement: the jobs (created = true rows), and with `claim` the jobs it
+        claimed (created = false rows; see sql/010_insert_and_claim.sql)."""
+        rows = await conn.fetch(
+            QUERIES["insert_and_claim"], *_insert_args(jobs),
+            *((claim.instance_id, claim.limit, *_filter_args(claim.claim_filter),
+               list(claim.runnable)) if claim is not None
+              else (None, 0, None, None, None, None)))
         self.statements += 1
-        return {r["id"] for r in rows}
+        return rows
 
     async def existing_job_ids(self, ids: Sequence[UUID]) -> set[UUID]:
         """Which of `ids` are jobs (to refuse dependencies on unknown ones)."""

@@ -81,17 +81,24 @@ async def until(predicate: Any) -> None:
     raise AssertionError("not reached")
 
 
-async def test_the_second_batch_is_stored_meanwhile_but_acked_after_the_first() -> None:
-    log: list[str] = []
-    store = SlowFirstStore(log)
+async def second_stored_while_first_open(store: SlowFirstStore) -> asyncio.Task[None]:
+    """Batch 1 (tags 1-2) held open in its statement, batch 2 (tags 3-4) stored meanwhile;
+    returns the intake's task."""
     intake = make_intake(store)
     runner = asyncio.create_task(intake.run())
     for tag in (1, 2):
-        await intake.receive(delivery(tag, log))
-    await until(lambda: "store 1 begins" in log)
+        await intake.receive(delivery(tag, store.log))
+    await until(lambda: "store 1 begins" in store.log)
     for tag in (3, 4):
-        await intake.receive(delivery(tag, log))
-    await until(lambda: "store 2 committed" in log)
+        await intake.receive(delivery(tag, store.log))
+    await until(lambda: "store 2 committed" in store.log)
+    return runner
+
+
+async def test_the_second_batch_is_stored_meanwhile_but_acked_after_the_first() -> None:
+    log: list[str] = []
+    store = SlowFirstStore(log)
+    runner = await second_stored_while_first_open(store)
     assert not any(line.startswith("ack") for line in log)  # 2 waits for 1, which is open
     store.release.set()
     await until(lambda: "ack 4 multiple" in log)
@@ -103,14 +110,7 @@ async def test_the_second_batch_is_stored_meanwhile_but_acked_after_the_first() 
 async def test_after_a_failed_batch_the_next_acknowledges_nothing() -> None:
     log: list[str] = []
     store = SlowFirstStore(log, fail_first=True)
-    intake = make_intake(store)
-    runner = asyncio.create_task(intake.run())
-    for tag in (1, 2):
-        await intake.receive(delivery(tag, log))
-    await until(lambda: "store 1 begins" in log)
-    for tag in (3, 4):
-        await intake.receive(delivery(tag, log))
-    await until(lambda: "store 2 committed" in log)
+    runner = await second_stored_while_first_open(store)
     store.release.set()
     with pytest.raises(ExceptionGroup) as failure:  # the intake fails with the batch's error
         await asyncio.wait_for(runner, 5)
