@@ -182,23 +182,31 @@ SELECT name, value FROM t_job_parameters WHERE job_id = $1 ORDER BY name;
 SELECT id FROM t_job_info WHERE instance_id = $1 AND status = 'RUNNING' AND stop_requested;
 
 -- name: fetch_outbox
--- The relay's one statement per batch: delete what the broker confirmed ($2), read the next
--- oldest events (the SELECT sees the rows as before the DELETE, hence the exclusion).
+-- The relay's one statement per round: delete the batches the broker confirmed ($2), read
+-- the oldest others (the SELECT sees the rows as before the DELETE, hence the exclusion):
+-- whole batches, in order, until $1 events or more (at least one batch), one row per event.
 WITH confirmed AS (
-    DELETE FROM t_job_event_outbox WHERE id = ANY($2::bigint[])
+    DELETE FROM t_job_event_batch WHERE id = ANY($2::bigint[])
+), oldest AS (
+    SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before
+      FROM (SELECT id, event_count FROM t_job_event_batch
+             WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1) head
 )
-SELECT id, event_id, seq, routing_key, body::text AS body
-  FROM t_job_event_outbox
- WHERE id <> ALL($2::bigint[])
- ORDER BY id LIMIT $1;
+SELECT b.id, e.event_id, e.seq, e.routing_key, e.body
+  FROM oldest
+  JOIN t_job_event_batch b ON b.id = oldest.id
+ CROSS JOIN LATERAL unnest(b.events) WITH ORDINALITY
+       AS e(event_id, job_id, seq, routing_key, body, position)
+ WHERE oldest.before < $1
+ ORDER BY b.id, e.position;
 
 -- name: count_jobs
 SELECT tenant, status, count(*) AS jobs FROM t_job_info GROUP BY tenant, status;
 
 -- name: outbox_backlog
-SELECT count(*) AS events,
+SELECT coalesce(sum(event_count), 0)::bigint AS events,
        coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS lag_s
-  FROM t_job_event_outbox;
+  FROM t_job_event_batch;
 
 -- name: fail_claimed
 UPDATE t_job_info SET status = 'FAILED', error_type = $3, error_message = $4

@@ -30,7 +30,8 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._wake = anyio.Event()
         self._remote_wake = anyio.Event()
-        self._committed: list[int] = []  # published and committed, deleted with the next read
+        # batches published and committed, deleted with the next read
+        self._committed: list[int] = []
         self._publishing = anyio.Lock()
         self.published = 0
 
@@ -88,7 +89,7 @@ class OutboxRelay:
         if not events:
             return 0
         await self._broker.publish_events(events)
-        self._committed = [e.id for e in events]
+        self._committed = list(dict.fromkeys(e.id for e in events))  # their batches
         self.published += len(events)
         self._metrics.events_published.inc(len(events))
         return len(events)

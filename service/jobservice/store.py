@@ -170,7 +170,7 @@ class CompletionWrite:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    id: int
+    id: int  # of its batch: the outbox row of the statement that wrote it (sql/011)
     event_id: UUID
     seq: int
     routing_key: str
@@ -656,8 +656,8 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     async def fetch_outbox(self, limit: int, delete: Sequence[int] = ()) -> list[OutboxEvent]:
-        """The oldest `limit` events, after deleting `delete` (events the broker committed),
-        in one statement."""
+        """The oldest events, whole batches until `limit` events or more, after deleting the
+        batches `delete` (whose events the broker committed), in one statement."""
         rows = await self._fetch_on("fetch_outbox", self._relay_conn, limit, list(delete))
         return [OutboxEvent(r["id"], r["event_id"], r["seq"], r["routing_key"], r["body"])
                 for r in rows]

@@ -53,7 +53,7 @@ async def test_the_batch_is_stored_and_claimed_in_one_round_trip_with_every_even
                             "FROM t_job_info WHERE id = $1", job.id)
     assert row is not None and tuple(row) == ("RUNNING", "i1", 1, 3)
     events = await db.fetch("SELECT seq, routing_key FROM t_job_event_outbox "
-                            "WHERE job_id = $1 ORDER BY id", job.id)
+                            "WHERE job_id = $1 ORDER BY id, position", job.id)
     assert [(e["seq"], e["routing_key"]) for e in events] == [
         (1, "alpha.queued"), (2, "alpha.to_be_run"), (3, "alpha.running")]
 

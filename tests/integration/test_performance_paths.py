@@ -56,7 +56,8 @@ async def test_a_claim_starts_its_jobs_in_one_row_update_with_both_events(
     assert rows[runnable]["transition_seq"] == 3
     assert (rows[later]["status"], rows[later]["started_at"]) == ("TO_BE_RUN", None)
     events = await db.fetch(
-        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox ORDER BY id")
+        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox "
+        "ORDER BY id, position")
     mine = [e for e in events if e["job_id"] == runnable]
     assert [(e["seq"], e["routing_key"]) for e in mine] == [
         (1, "alpha.queued"), (2, "alpha.to_be_run"), (3, "alpha.running")]
@@ -233,7 +234,8 @@ async def test_the_events_of_an_insert_are_one_per_inserted_row(db: asyncpg.Conn
         "(gen_random_uuid(), 'beta', 'jobservice.noop', 'PENDING', 'new') "
         "ON CONFLICT (id) DO NOTHING", ids[0])
     events = await db.fetch(
-        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox ORDER BY id")
+        "SELECT job_id, seq, routing_key, event_id, body FROM t_job_event_outbox "
+        "ORDER BY id, position")
     assert len(events) == 4 and len({e["event_id"] for e in events}) == 4
     assert sorted(e["routing_key"] for e in events) == [
         "alpha.queued", "alpha.queued", "alpha.queued", "beta.pending"]

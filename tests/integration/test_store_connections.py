@@ -14,7 +14,7 @@ from jobservice.store import Store
 async def relay_backend(db: asyncpg.Connection) -> int | None:
     return await db.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'jobservice' AND query LIKE '%t_job_event_outbox%'")
+        "AND application_name = 'jobservice' AND query LIKE '%t_job_event_batch%'")
 
 
 async def test_a_held_connection_that_died_is_replaced(database_url: str,
