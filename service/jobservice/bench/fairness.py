@@ -14,6 +14,7 @@ from jobservice.bench.harness import (
     bench_target,
     collect,
     jain_index,
+    observe,
     percentile_ms,
     running,
 )
@@ -62,7 +63,8 @@ async def flood(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, o.instances, JOBSERVICE_POOL_SIZE=str(pool)), \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            client.subscribe("*.queued", "*.running", "*.succeeded") as events:
+            observe(settings.amqp_url, target.namespace,
+                    "*.queued", "*.running", "*.succeeded") as events:
         watcher = asyncio.create_task(collect(events, log, all_ended(ids),
                                               max(60.0, len(ids) / 50)))
         first = time.time()

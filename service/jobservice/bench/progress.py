@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from jobservice.bench.flow import all_ended, noop_messages, publish
-from jobservice.bench.harness import EventLog, bench_target, collect, running
+from jobservice.bench.harness import EventLog, bench_target, collect, observe, running
 from jobservice.bench.options import BenchOptions, ScenarioResult
 from jobservice.client import JobClient
 from jobservice.config import Settings
@@ -51,7 +51,7 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, 1, JOBSERVICE_POOL_SIZE=str(pool)) as services, \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            client.subscribe("#") as events:
+            observe(settings.amqp_url, target.namespace, "#") as events:
         feeder = asyncio.create_task(collect(events, log, lambda _: False, 3600))
         try:
             jobs = o.jobs
