@@ -10,9 +10,9 @@
 -- dead rows per job: 107 MB after 60,000 jobs, most of shared_buffers.
 --
 -- Now a statement's events are aggregated from its transition tables into one row of
--- t_job_event_batch (an array of events, in job and transition order, compressed by TOAST
--- when large). The relay reads and deletes batches; the view t_job_event_outbox shows one
--- row per event, for people and tests.
+-- t_job_event_batch per 500 events (an array of events, in job and transition order,
+-- compressed by TOAST when large). The relay reads and deletes batches; the view
+-- t_job_event_outbox shows one row per event, for people and tests.
 --
 -- Order: events of one job are still in transition order (a job's later transition cannot
 -- be written before its earlier one committed). A job's own event still precedes those of
@@ -44,12 +44,17 @@ EXCEPTION WHEN feature_not_supported OR syntax_error THEN
 END
 $$;
 
--- Events not yet published move over, in their order, as one batch.
+-- Events not yet published move over, in their order, in batches of at most 500 like every
+-- batch below: a statement that changes many jobs at once (100,000 queued in one INSERT, an
+-- upgrade after a broker outage) must not become one row that the relay reads and publishes
+-- at once (500 is the relay's batch; one such batch held 234 MB in the instance, measured).
 INSERT INTO t_job_event_batch (event_count, events, created_at)
-SELECT count(*), array_agg(ROW(event_id, job_id, seq, routing_key, body::text)::jobservice_event
-                           ORDER BY id), min(created_at)
-  FROM t_job_event_outbox
-HAVING count(*) > 0;
+SELECT count(*), array_agg(event ORDER BY n), min(created_at)
+  FROM (SELECT ROW(event_id, job_id, seq, routing_key, body::text)::jobservice_event AS event,
+               row_number() OVER (ORDER BY id) AS n, created_at
+          FROM t_job_event_outbox) numbered
+ GROUP BY (n - 1) / 500
+ ORDER BY (n - 1) / 500;
 
 DROP TABLE t_job_event_outbox;
 
@@ -91,19 +96,21 @@ LANGUAGE sql STABLE AS $$
                    END)::text
 $$;
 
--- Complete new definition (008's): the same events, one batch row per statement.
+-- Complete new definition (008's): the same events, one batch row per statement (per 500
+-- events).
 CREATE OR REPLACE FUNCTION jobservice_events_of_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO t_job_event_batch (event_count, events)
-    SELECT count(*), array_agg(ROW(e.event_id, e.id, e.transition_seq,
-                                   e.tenant || '.' || lower(e.status),
-                                   jobservice_event_body(e.event_id, e.id, e.tenant,
-                                       e.job_class, e.status, NULL, e.percent_completed,
-                                       e.updated_at, e.owner, e.error_type, e.error_message,
-                                       e.stack_trace, e.result, e.context, e.message_key,
-                                       e.message_params))::jobservice_event)
-      FROM (SELECT n.*, gen_random_uuid() AS event_id FROM new_rows n) e
-    HAVING count(*) > 0;
+    SELECT count(*), array_agg(event ORDER BY n)
+      FROM (SELECT ROW(e.event_id, e.id, e.transition_seq, e.tenant || '.' || lower(e.status),
+                       jobservice_event_body(e.event_id, e.id, e.tenant, e.job_class, e.status,
+                           NULL, e.percent_completed, e.updated_at, e.owner, e.error_type,
+                           e.error_message, e.stack_trace, e.result, e.context, e.message_key,
+                           e.message_params))::jobservice_event AS event,
+                   row_number() OVER () AS n
+              FROM (SELECT n.*, gen_random_uuid() AS event_id FROM new_rows n) e) numbered
+     GROUP BY (n - 1) / 500
+     ORDER BY (n - 1) / 500;
     RETURN NULL;
 END
 $$;
@@ -115,34 +122,35 @@ $$;
 CREATE FUNCTION jobservice_events_of_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO t_job_event_batch (event_count, events)
-    SELECT count(*), array_agg(ROW(e.event_id, e.id, e.seq, e.tenant || '.' || e.kind,
-                                   jobservice_event_body(e.event_id, e.id, e.tenant,
-                                       e.job_class, e.status, e.previous,
-                                       e.percent_completed, e.updated_at, e.owner,
-                                       e.error_type, e.error_message, e.stack_trace, e.result,
-                                       e.context, e.message_key, e.message_params)
-                               )::jobservice_event ORDER BY e.id, e.seq)
-      FROM (SELECT n.id, n.tenant, n.job_class, n.percent_completed, n.updated_at, n.owner,
-                   n.error_type, n.error_message, n.stack_trace, n.result, n.context,
-                   n.message_key, n.message_params, v.seq, v.status, v.previous, v.kind,
-                   gen_random_uuid() AS event_id
-              FROM new_rows n
-              JOIN old_rows o ON o.id = n.id
-             CROSS JOIN LATERAL (
-                   SELECT n.transition_seq - 1, 'TO_BE_RUN', 'QUEUED', 'to_be_run'
-                    WHERE o.status = 'QUEUED' AND n.status = 'RUNNING'
-                   UNION ALL
-                   SELECT n.transition_seq, n.status,
-                          CASE WHEN o.status = 'QUEUED' AND n.status = 'RUNNING'
-                               THEN 'TO_BE_RUN' ELSE o.status END,
-                          CASE WHEN n.status = o.status THEN 'progress'
-                               ELSE lower(n.status) END
-                   ) AS v(seq, status, previous, kind)
-             WHERE o.status IS DISTINCT FROM n.status
-                OR o.percent_completed IS DISTINCT FROM n.percent_completed
-                OR o.message_key IS DISTINCT FROM n.message_key
-                OR o.message_params IS DISTINCT FROM n.message_params) e
-    HAVING count(*) > 0;
+    SELECT count(*), array_agg(event ORDER BY n)
+      FROM (SELECT ROW(e.event_id, e.id, e.seq, e.tenant || '.' || e.kind,
+                       jobservice_event_body(e.event_id, e.id, e.tenant, e.job_class, e.status,
+                           e.previous, e.percent_completed, e.updated_at, e.owner,
+                           e.error_type, e.error_message, e.stack_trace, e.result, e.context,
+                           e.message_key, e.message_params))::jobservice_event AS event,
+                   row_number() OVER (ORDER BY e.id, e.seq) AS n
+          FROM (SELECT n.id, n.tenant, n.job_class, n.percent_completed, n.updated_at, n.owner,
+                       n.error_type, n.error_message, n.stack_trace, n.result, n.context,
+                       n.message_key, n.message_params, v.seq, v.status, v.previous, v.kind,
+                       gen_random_uuid() AS event_id
+                  FROM new_rows n
+                  JOIN old_rows o ON o.id = n.id
+                 CROSS JOIN LATERAL (
+                       SELECT n.transition_seq - 1, 'TO_BE_RUN', 'QUEUED', 'to_be_run'
+                        WHERE o.status = 'QUEUED' AND n.status = 'RUNNING'
+                       UNION ALL
+                       SELECT n.transition_seq, n.status,
+                              CASE WHEN o.status = 'QUEUED' AND n.status = 'RUNNING'
+                                   THEN 'TO_BE_RUN' ELSE o.status END,
+                              CASE WHEN n.status = o.status THEN 'progress'
+                                   ELSE lower(n.status) END
+                       ) AS v(seq, status, previous, kind)
+                 WHERE o.status IS DISTINCT FROM n.status
+                    OR o.percent_completed IS DISTINCT FROM n.percent_completed
+                    OR o.message_key IS DISTINCT FROM n.message_key
+                    OR o.message_params IS DISTINCT FROM n.message_params) e) numbered
+     GROUP BY (n - 1) / 500
+     ORDER BY (n - 1) / 500;
     RETURN NULL;
 END
 $$;

@@ -61,6 +61,20 @@ async def test_a_statement_writes_one_batch_in_job_and_transition_order(
     assert json.loads(progress["body"])["percent_completed"] == 40
 
 
+async def test_a_large_statement_writes_batches_of_at_most_500_events_in_order(
+    db: asyncpg.Connection,
+) -> None:
+    await insert_queued(db, "alpha", 1201)
+    assert await batch_sizes(db) == [500, 500, 201]
+    await db.execute("SELECT jobservice_renew_lease('i1', 60)")
+    await db.execute("UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = 'i1', "
+                     "attempt = 1")  # not started (no class named): one event each
+    assert await batch_sizes(db) == [500, 500, 201, 500, 500, 201]
+    jobs = [r["job_id"] for r in await db.fetch(
+        "SELECT job_id FROM t_job_event_outbox WHERE seq = 2 ORDER BY id, position")]
+    assert jobs == sorted(jobs) and len(set(jobs)) == 1201
+
+
 async def test_the_relay_reads_whole_batches_until_its_limit_and_deletes_them(
     store: Store, db: asyncpg.Connection,
 ) -> None:
