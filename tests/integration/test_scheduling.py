@@ -220,6 +220,35 @@ async def test_fairness_holds_across_two_instances(
     assert await db.fetchval("SELECT count(DISTINCT instance_id) FROM t_job_info") == 2
 
 
+async def test_two_claims_at_once_take_different_jobs_without_waiting(
+    db: asyncpg.Connection, database_url: str,
+) -> None:
+    """Claims of two instances no longer wait for each other's commit (sql/012): the second
+    passes over what the first holds and takes other jobs. (Both tenants were served before:
+    the first turn of a new tenant is an insert, which a simultaneous one waits for.)"""
+    ids = set(await insert_queued(db, "alpha", 7)) | set(await insert_queued(db, "beta", 7))
+    for instance in ("first", "second"):
+        await db.execute("SELECT jobservice_renew_lease($1, 60)", instance)
+    earlier = await db.fetch("SELECT id FROM jobservice_claim_and_start('first', 2, NULL, "
+                             "NULL, NULL, ARRAY['jobservice.noop'])")
+    ids -= {r["id"] for r in earlier}
+    other = await asyncpg.connect(database_url)
+    try:
+        open_claim = other.transaction()
+        await open_claim.start()
+        held = await other.fetch("SELECT id FROM jobservice_claim_and_start('first', 4, NULL, "
+                                 "NULL, NULL, ARRAY['jobservice.noop'])")
+        mine = await asyncio.wait_for(claim(db, "second"), 5)  # while the first is open
+        await open_claim.commit()
+    finally:
+        await other.close()
+    held_ids, my_ids = {r["id"] for r in held}, {r["id"] for r in mine}
+    assert len(held_ids) == 4 and len(my_ids) == 8 and not held_ids & my_ids
+    assert held_ids | my_ids == ids
+    owners = await db.fetch("SELECT instance_id, count(*) FROM t_job_info GROUP BY 1")
+    assert {(r["instance_id"], r["count"]) for r in owners} == {("first", 6), ("second", 8)}
+
+
 async def test_claim_keeps_index_plans_made_while_the_table_was_small(
     db: asyncpg.Connection,
 ) -> None:
@@ -252,12 +281,12 @@ async def test_claim_keeps_index_plans_made_while_the_table_was_small(
         assert "Seq Scan on t_job_info" not in plan, plan
 
 
-async def test_claim_leaves_out_a_picked_job_that_another_transaction_ends(
+async def test_claim_passes_over_a_job_another_transaction_holds(
     db: asyncpg.Connection, database_url: str,
 ) -> None:
-    """The claim reads its picks without locking them, then updates them in one statement
-    that re-checks `QUEUED`: a job stopped by a concurrent transaction while the claim
-    waits for it is left out, the others are claimed (sql/007_set_based_claim.sql)."""
+    """The claim locks what it picks and passes over a job another transaction holds (a stop
+    here, another instance's claim below) instead of waiting for it (sql/012): the others
+    are claimed at once, the held one is left to that transaction."""
     ids = await insert_queued(db, "alpha", 3)
     first = await db.fetchval("SELECT id FROM t_job_info ORDER BY queued_at, id LIMIT 1")
     await db.execute("SELECT jobservice_renew_lease('claimer', 60)")
@@ -266,11 +295,8 @@ async def test_claim_leaves_out_a_picked_job_that_another_transaction_ends(
         stop = stopper.transaction()
         await stop.start()
         await stopper.execute("UPDATE t_job_info SET status = 'ABORTED' WHERE id = $1", first)
-        claiming = asyncio.create_task(claim(db, "claimer"))
-        await asyncio.sleep(0.3)
-        assert not claiming.done()  # waits for the stopper's row, does not skip past it
+        claimed = await asyncio.wait_for(claim(db, "claimer"), 5)  # does not wait for it
         await stop.commit()
-        claimed = await asyncio.wait_for(claiming, 10)
     finally:
         await stopper.close()
     assert {r["id"] for r in claimed} == set(ids) - {first}
