@@ -221,6 +221,12 @@ async def running(target: BenchTarget, count: int = 1, **env: str) -> AsyncItera
         await asyncio.to_thread(services.stop)
 
 
+async def vacuum(url: str) -> None:
+    """VACUUM ANALYZE the bench database: what the phases before left behind (dead rows of
+    every transition) is cleaned up before the next one is measured."""
+    await _admin(url, "VACUUM ANALYZE")
+
+
 async def _admin(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url)
     try:

@@ -8,7 +8,14 @@ import time
 from typing import Any
 
 from jobservice.bench.flow import all_ended, noop_messages, publish
-from jobservice.bench.harness import EventLog, bench_target, collect, observe, running
+from jobservice.bench.harness import (
+    EventLog,
+    bench_target,
+    collect,
+    observe,
+    running,
+    vacuum,
+)
 from jobservice.bench.options import BenchOptions, ScenarioResult
 from jobservice.client import JobClient
 from jobservice.config import Settings
@@ -42,7 +49,9 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
     instance. Each kind runs twice, in the order of PHASES (A B C C B A), and counts with
     the mean of its two runs, so that a drift over the scenario (the database grows phase
     after phase) weighs on every kind alike; on our 2 cores the two runs of one kind still
-    differ by up to a third (JSON `noop_jobs_per_s_each_run`)."""
+    differ by up to a third (JSON `noop_jobs_per_s_each_run`). Each phase starts on a
+    vacuumed database: autovacuum (a minute apart) otherwise lands in whichever phase runs
+    then, on the same two cores."""
     pool = o.progress_jobs + (o.pool_size or settings.pool_size)
     log = EventLog()
     rates: dict[str, list[float]] = {kind: [] for kind in LONG_JOBS}
@@ -60,6 +69,7 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
             empty = await _noop_throughput(client, log, o, jobs)
             seconds = long_job_seconds(o, jobs, empty)
             for kind in PHASES:
+                await vacuum(target.url)
                 job_class, with_steps = LONG_JOBS[kind]
                 parameters: dict[str, Any] = {"seconds": seconds}
                 if with_steps:
