@@ -11,8 +11,9 @@
 -- claim holds them (SKIP LOCKED again; that claim moves them). Two instances claiming at
 -- once still take different jobs; the order of tenants is still the one of t_tenant_turn,
 -- read as committed when the claim starts, so two simultaneous claims may both start with
--- the same tenant (each takes a different job of it). Complete new definition of 007's
--- jobservice_claim_jobs; the rest is unchanged.
+-- the same tenant (each takes a different job of it). The one wait left: the first turn of a
+-- tenant is an insert, and a claim adding the same tenant at once waits for it. Complete new
+-- definition of 007's jobservice_claim_jobs; the rest is unchanged.
 
 CREATE OR REPLACE FUNCTION jobservice_claim_jobs(p_instance text, p_limit integer,
                                                  p_tenants text[] DEFAULT NULL,
@@ -145,6 +146,7 @@ BEGIN
     INSERT INTO t_tenant_turn (tenant, last_turn)
     SELECT served.tenant, served.turn FROM served
      WHERE NOT EXISTS (SELECT 1 FROM t_tenant_turn t WHERE t.tenant = served.tenant)
+     ORDER BY served.tenant  -- two claims adding the same new tenants wait in one order
     ON CONFLICT (tenant) DO NOTHING;
 
     RETURN QUERY
