@@ -1,12 +1,17 @@
 """Pure logic of the bench: how long the progress scenario's long jobs run, when a
-phase's jobs have all ended, and CPU counted over a run."""
+phase's jobs have all ended, CPU counted over a run, and what the observer reads of an
+event."""
 
 from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from jobservice.bench.flow import all_ended
-from jobservice.bench.harness import EventLog, cpu_since
+from jobservice.bench.harness import EventLog, ObservedEvent, cpu_since
 from jobservice.bench.options import BenchOptions
 from jobservice.bench.progress import long_job_seconds, phase_jobs
 
@@ -68,3 +73,21 @@ def test_cpu_since_counts_processes_started_during_the_run() -> None:
     before = {1: 1.0, 2: 2.0}
     after = {1: 1.5, 3: 0.7}  # 2 ended (its share is lost), 3 started
     assert cpu_since(before, after) == pytest.approx(1.2)
+
+
+def test_the_observer_reads_an_event_as_the_contract_writes_it() -> None:
+    body = json.dumps({
+        "event_id": str(uuid.uuid4()), "job_id": "0b0e0c5e-0000-4000-8000-000000000001",
+        "tenant": "project-a", "job_class": "jobservice.noop", "status": "RUNNING",
+        "previous_status": "TO_BE_RUN", "percent_completed": 0,
+        "at": "2026-11-24T10:00:00.123456Z", "owner": None, "error": None, "result": None,
+    }).encode()
+    event = ObservedEvent.parse(body)
+    assert (event.job_id, event.tenant, event.status, event.previous_status) == (
+        "0b0e0c5e-0000-4000-8000-000000000001", "project-a", "RUNNING", "TO_BE_RUN")
+    assert event.at == datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC).timestamp()
+    log = EventLog()
+    log.add(event)
+    log.add(ObservedEvent.parse(body.replace(b'"TO_BE_RUN"', b'"RUNNING"')))  # progress
+    assert log.at("RUNNING") == {event.job_id: event.at}
+    assert log.progress == {event.job_id: 1} and log.ended == []

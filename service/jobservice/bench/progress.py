@@ -48,10 +48,10 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
     included); the drop vs the same loop is what progress reporting alone costs the
     instance. Each kind runs twice, in the order of PHASES (A B C C B A), and counts with
     the mean of its two runs, so that a drift over the scenario (the database grows phase
-    after phase) weighs on every kind alike; on our 2 cores the two runs of one kind still
-    differ by up to a third (JSON `noop_jobs_per_s_each_run`). Each phase starts on a
-    vacuumed database: autovacuum (a minute apart) otherwise lands in whichever phase runs
-    then, on the same two cores."""
+    after phase) weighs on every kind alike. Each phase starts on a vacuumed database: the
+    dead rows of the phases before, and autovacuum (a minute apart) landing in whichever
+    phase ran then, made the rate fall by up to a fifth over the scenario and the two runs
+    of one kind differ as much; vacuumed, within 8 % (JSON `noop_jobs_per_s_each_run`)."""
     pool = o.progress_jobs + (o.pool_size or settings.pool_size)
     log = EventLog()
     rates: dict[str, list[float]] = {kind: [] for kind in LONG_JOBS}
