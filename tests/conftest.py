@@ -66,6 +66,16 @@ async def database_url(template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A Store on the test's own database."""
+    store = await Store.connect(database_url, size=4)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
 async def namespace() -> AsyncIterator[str]:
     """A uuid-named AMQP namespace; its queues and exchange are deleted afterwards."""
     ns = f"jst-{uuid.uuid4().hex[:12]}"

@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from jobservice.store import Store
 from tests.integration.test_scheduling import claim, insert_queued
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await Store.connect(database_url, size=4)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def batch_sizes(db: asyncpg.Connection) -> list[int]:

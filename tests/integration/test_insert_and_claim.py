@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -30,13 +29,10 @@ def plain_job(tenant: str, job_id: uuid.UUID | None = None) -> NewJob:
 
 
 @pytest.fixture
-async def store(database_url: str, db: asyncpg.Connection) -> AsyncIterator[Store]:
+async def store(store: Store, db: asyncpg.Connection) -> Store:
+    """conftest's store, with a lease for instance i1 (its claims need one)."""
     await db.execute("SELECT jobservice_renew_lease('i1', 60)")
-    store = await Store.connect(database_url, size=4)
-    try:
-        yield store
-    finally:
-        await store.close()
+    return store
 
 
 async def test_the_batch_is_stored_and_claimed_in_one_round_trip_with_every_event(

@@ -63,8 +63,7 @@ async def flood(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, o.instances, JOBSERVICE_POOL_SIZE=str(pool)), \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            observe(settings.amqp_url, target.namespace,
-                    "*.queued", "*.running", "*.succeeded") as events:
+            observe(target, "*.queued", "*.running", "*.succeeded") as events:
         watcher = asyncio.create_task(collect(events, log, all_ended(ids),
                                               max(60.0, len(ids) / 50)))
         first = time.time()

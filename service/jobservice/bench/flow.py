@@ -104,7 +104,7 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
         # submit -> RUNNING); every event received costs the client and the broker CPU on
         # the same cores as the service
         async with JobClient(settings.amqp_url, target.namespace) as client, \
-                observe(settings.amqp_url, target.namespace, "*.succeeded") as events:
+                observe(target, "*.succeeded") as events:
             watcher = asyncio.create_task(collect(
                 events, log, all_ended({m["id"] for m in messages}), max(60.0, jobs / 50)))
             first = time.time()
@@ -160,8 +160,7 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, o.instances, JOBSERVICE_POOL_SIZE=str(pool)), \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            observe(settings.amqp_url, target.namespace,
-                    "*.running", "*.succeeded") as events:
+            observe(target, "*.running", "*.succeeded") as events:
         watcher = asyncio.create_task(collect(events, log, all_ended(
             {m["id"] for m in messages}), max(60.0, count / 50)))
         start = time.time()
@@ -201,8 +200,7 @@ async def idle(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, 1, JOBSERVICE_POOL_SIZE=str(pool)), \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            observe(settings.amqp_url, target.namespace,
-                    "*.running", "*.succeeded") as events:
+            observe(target, "*.running", "*.succeeded") as events:
         for message in noop_messages(o.lone_jobs, o.tenants):
             await asyncio.sleep(0.2)  # idle: the previous job ended, nothing in flight
             log = EventLog()

@@ -171,6 +171,11 @@ class BenchTarget:
         return urlunsplit(urlsplit(self.settings.database_url)._replace(
             path=f"/{self.database}"))
 
+    @property
+    def events_exchange(self) -> str:
+        """The events exchange of the instances this target runs (their namespace's)."""
+        return self.settings.model_copy(update={"namespace": self.namespace}).events_exchange
+
     def env(self, **overrides: str) -> dict[str, str]:
         return {**os.environ, "JOBSERVICE_DATABASE_URL": self.url,
                 "JOBSERVICE_NAMESPACE": self.namespace,
@@ -286,16 +291,16 @@ class ObservedEvent:
 
 
 @asynccontextmanager
-async def observe(amqp_url: str, namespace: str, *bindings: str
+async def observe(target: BenchTarget, *bindings: str
                   ) -> AsyncIterator[asyncio.Queue[ObservedEvent]]:
-    """The bench's observer: the namespace's events with these binding keys, on a queue of
+    """The bench's observer: the target's events with these binding keys, on a queue of
     its own. Straight on aiormq and parsed only as far as the bench reads them: through the
     client library (aio-pika messages, every field validated) the observer took 35 % of one
     of the two cores the service is measured on (py-spy: AMQP frames and message objects)."""
-    connection = await aiormq.connect(amqp_url)
+    connection = await aiormq.connect(target.settings.amqp_url)
     try:
         channel = await connection.channel()
-        exchange = f"{namespace}.events"
+        exchange = target.events_exchange
         await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
         declared = await channel.queue_declare(exclusive=True, auto_delete=True)
         assert declared is not None and declared.queue is not None

@@ -60,7 +60,7 @@ async def progress(settings: Settings, o: BenchOptions) -> ScenarioResult:
     async with bench_target(settings, o.database) as target, \
             running(target, 1, JOBSERVICE_POOL_SIZE=str(pool)) as services, \
             JobClient(settings.amqp_url, target.namespace) as client, \
-            observe(settings.amqp_url, target.namespace, "#") as events:
+            observe(target, "#") as events:
         feeder = asyncio.create_task(collect(events, log, lambda _: False, 3600))
         try:
             jobs = o.jobs
