@@ -19,6 +19,7 @@ from jobservice.config import Settings
 
 # Kept here (not imported from jobservice.bench) so that `--help` stays cheap.
 SCENARIO_NAMES = ("throughput", "latency", "idle", "flood", "progress", "scale", "memory")
+COMPLETION_NAMES = ("database", "events")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="default: JOBSERVICE_POOL_SIZE (memory: --memory-pool)")
     bench.add_argument("--instances", type=int, default=1,
                        help="service processes sharing the database and broker")
+    bench.add_argument("--completion", default="database", choices=COMPLETION_NAMES,
+                       help="throughput: the end seen by polling Postgres for SUCCEEDED "
+                            "jobs and an empty outbox, as scripts/peers does (default), or by "
+                            "a subscriber receiving every SUCCEEDED event on the same cores")
     bench.add_argument("--rate", type=float, default=750.0, help="latency: submissions/s")
     bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
     bench.add_argument("--lone-jobs", type=int, default=20, help="idle: single jobs")
@@ -359,7 +364,7 @@ def _bench(args: argparse.Namespace) -> int:
         progress_jobs=args.progress_jobs, progress_steps=args.progress_steps,
         progress_seconds=args.progress_seconds,
         progress_phase_seconds=args.progress_phase_seconds, large_rows=args.rows,
-        memory_pool=args.memory_pool, memory_queued=args.queued)
+        memory_pool=args.memory_pool, memory_queued=args.queued, completion=args.completion)
     return run_bench(settings, args.scenario, options, json_only=args.json)
 
 

@@ -15,7 +15,8 @@ from rich.console import Console
 from jobservice.bench import SCENARIOS, BenchOptions, print_result, run_scenario
 from jobservice.bench.fairness import competition_shares
 from jobservice.bench.harness import EventLog, check_loopback, jain_index
-from jobservice.cli import SCENARIO_NAMES
+from jobservice.bench.options import COMPLETIONS
+from jobservice.cli import COMPLETION_NAMES, SCENARIO_NAMES
 from tests.conftest import make_settings
 
 TINY = BenchOptions(
@@ -42,6 +43,10 @@ EXPECTED = {
 
 def test_the_cli_offers_every_scenario() -> None:
     assert set(SCENARIO_NAMES) == set(SCENARIOS) == set(EXPECTED)
+
+
+def test_the_cli_offers_every_way_to_see_the_end() -> None:
+    assert COMPLETION_NAMES == COMPLETIONS
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -7,9 +7,11 @@ import io
 import uuid
 
 import asyncpg
+import pytest
 from rich.console import Console
 
 from jobservice.bench import bench_main
+from jobservice.bench.harness import wait_succeeded_in_database
 from jobservice.client import JobClient
 from jobservice.demo import demo_main
 from jobservice.service import JobService
@@ -53,14 +55,33 @@ async def test_demo_runs_its_workload_to_the_expected_end(
     assert counts[("jobservice.noop", "SUCCEEDED")] == 8
 
 
-async def test_bench_measures_a_small_run(database_url: str, namespace: str) -> None:
+@pytest.mark.parametrize("completion", ["database", "events"])
+async def test_bench_measures_a_small_run(database_url: str, namespace: str,
+                                          completion: str) -> None:
     settings = make_settings(database_url, namespace)
     report = await bench_main(settings, jobs=60, tenants=3, instances=1, pool_size=4,
-                              database=f"jst_bench_{uuid.uuid4().hex[:8]}")
+                              database=f"jst_bench_{uuid.uuid4().hex[:8]}",
+                              completion=completion)
     assert report.jobs == 60 and report.tenants == 3 and report.pool_size == 4
     assert report.jobs_per_s > 0 and report.submit_per_s > 0
     assert 0 < report.done_latency_p50_ms <= report.done_latency_p99_ms
     assert report.statements_per_job > 0
+    assert report.completion == completion
+    # database: the run ends only once the outbox is empty, after the last SUCCEEDED
+    assert (report.outbox_empty_after_ms is None) == (completion == "events")
+    if report.outbox_empty_after_ms is not None:
+        assert report.outbox_empty_after_ms >= 0
+
+
+async def test_the_bench_does_not_wait_for_jobs_that_failed(db: asyncpg.Connection,
+                                                             database_url: str) -> None:
+    await db.execute(
+        "INSERT INTO t_job_info (id, tenant, job_class, status) "
+        "VALUES (gen_random_uuid(), 't', 'jobservice.noop', 'QUEUED')")
+    await db.execute("UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = 'i'")
+    await db.execute("UPDATE t_job_info SET status = 'FAILED', error_type = 'x'")
+    with pytest.raises(RuntimeError, match="1 job\\(s\\) did not succeed"):
+        await wait_succeeded_in_database(database_url, jobs=1, timeout=5)
 
 
 async def test_an_instance_whose_lease_lapsed_hands_its_jobs_back_before_claiming(

@@ -22,8 +22,9 @@ from jobservice.bench.harness import (
     percentile_ms,
     pg_stat_statements_calls,
     running,
+    wait_succeeded_in_database,
 )
-from jobservice.bench.options import BenchOptions, ScenarioResult
+from jobservice.bench.options import COMPLETIONS, BenchOptions, ScenarioResult
 from jobservice.client import JobClient
 from jobservice.config import Settings
 
@@ -45,7 +46,11 @@ class BenchReport:
     pg_stat_statements_per_job: float | None
     service_cpu_ms_per_job: float  # user+system CPU of the instances, per job
     postgres_cpu_ms_per_job: float  # of the bench database's backends (approximate)
-    latency_clock: str = "event `at` (database clock) minus publish time (same machine)"
+    # how the end was seen (options.COMPLETIONS); database: the outbox was empty this long
+    # after the last SUCCEEDED (at most the poll interval late)
+    completion: str = "database"
+    outbox_empty_after_ms: float | None = None
+    latency_clock: str = "SUCCEEDED time (database clock) minus publish time (same machine)"
 
 
 def noop_messages(count: int, tenants: int, job_class: str = NOOP,
@@ -88,9 +93,12 @@ def all_ended(ids: set[str]) -> Callable[[EventLog], bool]:
 
 
 async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int = 1,
-                     pool_size: int | None = None, database: str = "jobservice_bench"
-                     ) -> BenchReport:
-    """The throughput scenario: the whole backlog published at once, drained."""
+                     pool_size: int | None = None, database: str = "jobservice_bench",
+                     completion: str = "database") -> BenchReport:
+    """The throughput scenario: the whole backlog published at once, drained. The end is
+    the last SUCCEEDED, seen as `completion` says (options.COMPLETIONS)."""
+    if completion not in COMPLETIONS:
+        raise ValueError(f"completion: one of {COMPLETIONS}, not {completion!r}")
     pool = pool_size or settings.pool_size
     async with bench_target(settings, database) as target, \
             running(target, instances, JOBSERVICE_POOL_SIZE=str(pool)) as services:
@@ -99,39 +107,52 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
         cpu_before = services.cpu_seconds(), cpu_by_pid(await database_backends(target.url))
         messages = noop_messages(jobs, tenants)
         published: dict[str, float] = {}
-        log = EventLog()
-        # only what it measures: first publish -> last SUCCEEDED (the latency scenario measures
-        # submit -> RUNNING); every event received costs the client and the broker CPU on
-        # the same cores as the service
-        async with JobClient(settings.amqp_url, target.namespace) as client, \
-                observe(target, "*.succeeded") as events:
-            watcher = asyncio.create_task(collect(
-                events, log, all_ended({m["id"] for m in messages}), max(60.0, jobs / 50)))
-            first = time.time()
-            await publish(client, messages, published)
-            submit_s = time.time() - first
-            await watcher
+        timeout = max(60.0, jobs / 50)
+        async with JobClient(settings.amqp_url, target.namespace) as client:
+            if completion == "database":
+                first = time.time()
+                await publish(client, messages, published)
+                submit_s = time.time() - first
+                seen = await wait_succeeded_in_database(target.url, jobs, timeout)
+                ended_at, last_seen = seen.ended_at, max(seen.ended_at.values())
+                outbox_lag: float | None = (seen.outbox_empty_at - last_seen) * 1000
+            else:
+                # only what it measures: first publish -> last SUCCEEDED (the latency
+                # scenario measures submit -> RUNNING)
+                log = EventLog()
+                async with observe(target, "*.succeeded") as events:
+                    watcher = asyncio.create_task(collect(
+                        events, log, all_ended({m["id"] for m in messages}), timeout))
+                    first = time.time()
+                    await publish(client, messages, published)
+                    submit_s = time.time() - first
+                    await watcher
+                ended_at, last_seen = log.at("SUCCEEDED"), max(log.received_at.values())
+                outbox_lag = None
         statements = await services.scrape("jobservice_db_statements_total") - statements_before
         service_cpu = services.cpu_seconds() - cpu_before[0]
         # backends opened during the run (the pool grows under load) count too
         postgres_cpu = cpu_since(cpu_before[1],
                                  cpu_by_pid(await database_backends(target.url)))
         pg_calls = await pg_stat_statements_calls(target.url, reset=False)
-    done_latency = latencies(log, published, "SUCCEEDED")
+    done_latency = [at - published[job] for job, at in ended_at.items() if job in published]
     return BenchReport(
         jobs=jobs, tenants=tenants, instances=instances, pool_size=pool,
         cpus=os.cpu_count() or 0, submit_per_s=round(jobs / submit_s, 1),
-        jobs_per_s=round(jobs / (max(log.received_at.values()) - first), 1),
+        jobs_per_s=round(jobs / (last_seen - first), 1),
         done_latency_p50_ms=percentile_ms(done_latency, 0.5),
         done_latency_p99_ms=percentile_ms(done_latency, 0.99),
         statements_per_job=round(statements / jobs, 2),
         pg_stat_statements_per_job=None if pg_calls is None else round(pg_calls / jobs, 2),
         service_cpu_ms_per_job=round(service_cpu * 1000 / jobs, 3),
-        postgres_cpu_ms_per_job=round(postgres_cpu * 1000 / jobs, 3))
+        postgres_cpu_ms_per_job=round(postgres_cpu * 1000 / jobs, 3),
+        completion=completion,
+        outbox_empty_after_ms=None if outbox_lag is None else round(outbox_lag, 1))
 
 
 async def throughput(settings: Settings, o: BenchOptions) -> ScenarioResult:
-    r = await bench_main(settings, o.jobs, o.tenants, o.instances, o.pool_size, o.database)
+    r = await bench_main(settings, o.jobs, o.tenants, o.instances, o.pool_size, o.database,
+                         o.completion)
     return ScenarioResult(
         "throughput",
         f"throughput: {r.jobs} no-op jobs, {r.tenants} tenants, {r.instances} instance(s), "

@@ -274,6 +274,50 @@ async def pg_stat_statements_calls(url: str, reset: bool) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseCompletion:
+    """How a run ended, read from the database: each job's SUCCEEDED time (database clock,
+    epoch seconds) and when the outbox was seen empty after the last one (local clock)."""
+
+    ended_at: dict[str, float]
+    outbox_empty_at: float
+
+
+_FINISHED = """
+SELECT count(*) FILTER (WHERE status = 'SUCCEEDED') AS succeeded,
+       count(*) FILTER (WHERE status IN ('FAILED', 'ABORTED')) AS failed,
+       EXISTS (SELECT 1 FROM t_job_event_batch) AS events_left
+  FROM t_job_info"""
+
+
+async def wait_succeeded_in_database(url: str, jobs: int, timeout: float,  # noqa: ASYNC109
+                                     poll_s: float = 0.1) -> DatabaseCompletion:
+    """Polls Postgres until `jobs` jobs SUCCEEDED and the outbox is empty (every event
+    published and confirmed by the broker), as scripts/peers sees its peers finish: no
+    subscriber spends the measured cores on receiving events (one receiving every
+    SUCCEEDED event took ~20 % of a core and the broker more, measured)."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = await conn.fetchrow(_FINISHED)
+            assert row is not None
+            if row["failed"]:
+                raise RuntimeError(f"bench: {row['failed']} job(s) did not succeed")
+            if row["succeeded"] >= jobs and not row["events_left"]:
+                outbox_empty_at = time.time()
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bench: {row['succeeded']} of {jobs} jobs succeeded "
+                                   f"after {timeout:.0f}s")
+            await asyncio.sleep(poll_s)
+        rows = await conn.fetch("SELECT id::text, extract(epoch FROM ended_at)::float8 "
+                                "FROM t_job_info WHERE status = 'SUCCEEDED'")
+        return DatabaseCompletion({r[0]: r[1] for r in rows}, outbox_empty_at)
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedEvent:
     """What the bench reads of an event (CONTRACT section 5)."""
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCENARIOS = ("throughput", "latency", "idle", "flood", "progress", "scale", "memory")
+# throughput: how the end of a run is seen. database: Postgres polled for SUCCEEDED jobs and
+# an empty outbox, as scripts/peers sees its peers finish; events: a subscriber receiving
+# every SUCCEEDED event, on the cores being measured.
+COMPLETIONS = ("database", "events")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class BenchOptions:
     large_rows: int = 1_000_000  # scale: queued rows, large table
     memory_pool: int = 64
     memory_queued: int = 100_000
+    completion: str = "database"  # throughput: one of COMPLETIONS
     database: str = "jobservice_bench"
 
 
