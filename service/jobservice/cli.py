@@ -126,9 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--instances", type=int, default=1,
                        help="service processes sharing the database and broker")
     bench.add_argument("--completion", default="database", choices=COMPLETION_NAMES,
-                       help="throughput: the end seen by polling Postgres for SUCCEEDED "
-                            "jobs and an empty outbox, as scripts/peers does (default), or by "
-                            "a subscriber receiving every SUCCEEDED event on the same cores")
+                       help="throughput, latency: the jobs' times read from Postgres, the "
+                            "end seen by polling it for SUCCEEDED jobs and an empty outbox, "
+                            "as scripts/peers does (default), or from a subscriber receiving "
+                            "their events on the same cores")
     bench.add_argument("--rate", type=float, default=750.0, help="latency: submissions/s")
     bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
     bench.add_argument("--lone-jobs", type=int, default=20, help="idle: single jobs")

@@ -70,6 +70,17 @@ async def test_each_scenario_runs_small_and_prints_a_table_and_a_json_line(
     check_figures(scenario, line)
 
 
+async def test_latency_read_from_a_subscriber_too(database_url: str, namespace: str) -> None:
+    """--completion events: the RUNNING times from the events, as received."""
+    settings = make_settings(database_url, namespace)
+    options = BenchOptions(**{**TINY.__dict__, "completion": "events",
+                              "database": f"jst_bench_{uuid.uuid4().hex[:8]}"})
+    result = await run_scenario(settings, "latency", options)
+    assert result.figures["completion"] == "events"
+    assert result.figures["jobs"] == 40
+    assert 0 < result.figures["run_latency_p50_ms"] <= result.figures["run_latency_max_ms"]
+
+
 def check_figures(scenario: str, line: dict[str, object]) -> None:
     """Sanity of the figures (not their speed)."""
     if scenario == "flood":

@@ -275,9 +275,11 @@ async def pg_stat_statements_calls(url: str, reset: bool) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseCompletion:
-    """How a run ended, read from the database: each job's SUCCEEDED time (database clock,
-    epoch seconds) and when the outbox was seen empty after the last one (local clock)."""
+    """How a run ended, read from the database: each job's RUNNING and SUCCEEDED times
+    (database clock, epoch seconds: the `at` of those events) and when the outbox was seen
+    empty after the last one (local clock)."""
 
+    started_at: dict[str, float]
     ended_at: dict[str, float]
     outbox_empty_at: float
 
@@ -316,9 +318,11 @@ async def wait_succeeded_in_database(url: str, jobs: int, timeout: float,  # noq
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: the jobs had not all succeeded after {timeout:.0f}s")
             await asyncio.sleep(poll_s)
-        rows = await conn.fetch("SELECT id::text, extract(epoch FROM ended_at)::float8 "
+        rows = await conn.fetch("SELECT id::text, extract(epoch FROM started_at)::float8, "
+                                "extract(epoch FROM ended_at)::float8 "
                                 "FROM t_job_info WHERE status = 'SUCCEEDED'")
-        return DatabaseCompletion({r[0]: r[1] for r in rows}, outbox_empty_at)
+        return DatabaseCompletion({r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows},
+                                  outbox_empty_at)
     finally:
         await conn.close()
 

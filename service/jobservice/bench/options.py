@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCENARIOS = ("throughput", "latency", "idle", "flood", "progress", "scale", "memory")
-# throughput: how the end of a run is seen. database: Postgres polled for SUCCEEDED jobs and
-# an empty outbox, as scripts/peers sees its peers finish; events: a subscriber receiving
-# every SUCCEEDED event, on the cores being measured.
+# throughput, latency: where the jobs' RUNNING/SUCCEEDED times come from and how the end of
+# a run is seen. database: the rows (the events' `at` are those same times), Postgres polled
+# for SUCCEEDED jobs and an empty outbox, as scripts/peers sees its peers finish; events: a
+# subscriber receiving the events, on the cores being measured.
 COMPLETIONS = ("database", "events")
 
 
@@ -34,7 +35,7 @@ class BenchOptions:
     large_rows: int = 1_000_000  # scale: queued rows, large table
     memory_pool: int = 64
     memory_queued: int = 100_000
-    completion: str = "database"  # throughput: one of COMPLETIONS
+    completion: str = "database"  # throughput, latency: one of COMPLETIONS
     database: str = "jobservice_bench"
 
 
