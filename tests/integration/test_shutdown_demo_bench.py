@@ -75,17 +75,35 @@ async def test_bench_measures_a_small_run(database_url: str, namespace: str,
 
 async def test_the_bench_does_not_wait_for_jobs_that_failed(db: asyncpg.Connection,
                                                              database_url: str) -> None:
-    await db.execute(
+    job = await db.fetchval(
         "INSERT INTO t_job_info (id, tenant, job_class, status) "
-        "VALUES (gen_random_uuid(), 't', 'jobservice.noop', 'QUEUED')")
+        "VALUES (gen_random_uuid(), 't', 'jobservice.noop', 'QUEUED') RETURNING id::text")
     await db.execute("UPDATE t_job_info SET status = 'TO_BE_RUN', instance_id = 'i'")
     await db.execute("UPDATE t_job_info SET status = 'FAILED', error_type = 'x'")
     # its events not published yet: the run has not ended
     with pytest.raises(TimeoutError):
-        await wait_succeeded_in_database(database_url, jobs=1, timeout=0.3)
+        await wait_succeeded_in_database(database_url, [job], timeout=0.3)
     await db.execute("DELETE FROM t_job_event_batch")  # what the relay does once published
     with pytest.raises(RuntimeError, match="1 job\\(s\\) did not succeed"):
-        await wait_succeeded_in_database(database_url, jobs=1, timeout=5)
+        await wait_succeeded_in_database(database_url, [job], timeout=5)
+
+
+async def test_the_bench_waits_for_its_own_jobs_only_when_told(db: asyncpg.Connection,
+                                                               database_url: str) -> None:
+    """The progress scenario's phases: its no-op jobs end while long jobs of another class
+    run and keep writing events."""
+    insert = ("INSERT INTO t_job_info (id, tenant, job_class, status) "
+              "VALUES (gen_random_uuid(), 't', $1, 'QUEUED') RETURNING id::text")
+    mine = await db.fetchval(insert, "jobservice.noop")
+    await db.fetchval(insert, "bench.sleep")
+    for status in ("TO_BE_RUN", "RUNNING"):
+        await db.execute("UPDATE t_job_info SET status = $1, instance_id = 'i'", status)
+    await db.execute("UPDATE t_job_info SET status = 'SUCCEEDED' WHERE id = $1::uuid", mine)
+    with pytest.raises(TimeoutError):  # the other job runs, the outbox holds events
+        await wait_succeeded_in_database(database_url, [mine], timeout=0.3)
+    seen = await wait_succeeded_in_database(database_url, [mine], timeout=5,
+                                            job_class="jobservice.noop", outbox_may_hold=True)
+    assert list(seen.ended_at) == [mine] and seen.ended_at[mine] >= seen.started_at[mine]
 
 
 async def test_an_instance_whose_lease_lapsed_hands_its_jobs_back_before_claiming(

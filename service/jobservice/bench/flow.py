@@ -129,7 +129,8 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
                 first = time.time()
                 await publish(client, messages, published)
                 submit_s = time.time() - first
-                seen = await wait_succeeded_in_database(target.url, jobs, timeout)
+                seen = await wait_succeeded_in_database(
+                    target.url, [m["id"] for m in messages], timeout)
                 ended_at, last_seen = seen.ended_at, max(seen.ended_at.values())
                 outbox_lag: float | None = (seen.outbox_empty_at - last_seen) * 1000
             else:
@@ -201,8 +202,8 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
             # the RUNNING times are the rows' started_at (the RUNNING events' `at`), read
             # after the run: no subscriber on the measured cores during it
             achieved = await publish_steadily(client, messages, o.rate, published)
-            started_at = (await wait_succeeded_in_database(target.url, count, timeout)
-                          ).started_at
+            started_at = (await wait_succeeded_in_database(
+                target.url, [m["id"] for m in messages], timeout)).started_at
         else:
             log = EventLog()
             async with observe(target, "*.running", "*.succeeded") as events:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,42 +285,50 @@ class DatabaseCompletion:
 
 
 # Cheap, through the partial indexes on queued and claimed jobs (counting every row each
-# poll took 8.5 ms of Postgres at 40,000 jobs, measured): nothing left to run, every event
-# published. Only then are the jobs counted.
+# poll took 8.5 ms of Postgres at 40,000 jobs, measured): nothing left to run (of $1, a job
+# class, if given) and, unless $2, every event published. Only then are the jobs counted.
 _IDLE = """
 SELECT NOT EXISTS (SELECT 1 FROM t_job_info WHERE status = 'QUEUED')
-   AND NOT EXISTS (SELECT 1 FROM t_job_info WHERE status IN ('TO_BE_RUN', 'RUNNING'))
-   AND NOT EXISTS (SELECT 1 FROM t_job_event_batch)"""
+   AND NOT EXISTS (SELECT 1 FROM t_job_info WHERE status IN ('TO_BE_RUN', 'RUNNING')
+                      AND ($1::text IS NULL OR job_class = $1::text))
+   AND ($2::boolean OR NOT EXISTS (SELECT 1 FROM t_job_event_batch))"""
 _FINISHED = """
 SELECT count(*) FILTER (WHERE status = 'SUCCEEDED') AS succeeded,
        count(*) FILTER (WHERE status IN ('FAILED', 'ABORTED')) AS failed
-  FROM t_job_info"""
+  FROM t_job_info WHERE id = ANY($1::uuid[])"""
+_TIMES = """
+SELECT id::text, extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
+  FROM t_job_info WHERE id = ANY($1::uuid[])"""
 
 
-async def wait_succeeded_in_database(url: str, jobs: int, timeout: float,  # noqa: ASYNC109
+async def wait_succeeded_in_database(url: str, ids: Collection[str],
+                                     timeout: float,  # noqa: ASYNC109
+                                     job_class: str | None = None,
+                                     outbox_may_hold: bool = False,
                                      poll_s: float = 0.1) -> DatabaseCompletion:
-    """Polls Postgres until `jobs` jobs SUCCEEDED and the outbox is empty (every event
-    published and confirmed by the broker), as scripts/peers sees its peers finish: no
-    subscriber spends the measured cores on receiving events (one receiving every
-    SUCCEEDED event took ~20 % of a core and the broker more, measured)."""
+    """Polls Postgres until the jobs `ids` SUCCEEDED and (unless `outbox_may_hold`: other
+    jobs keep writing events) the outbox is empty, every event published and committed by
+    the broker; as scripts/peers sees its peers finish. `job_class`: the class of `ids`,
+    when jobs of others run meanwhile. No subscriber spends the measured cores on receiving
+    events (one receiving every SUCCEEDED event took ~20 % of a core and the broker more,
+    measured)."""
+    wanted = [uuid.UUID(i) for i in ids]
     conn = await asyncpg.connect(url)
     try:
         deadline = time.monotonic() + timeout
         while True:
-            if await conn.fetchval(_IDLE):
+            if await conn.fetchval(_IDLE, job_class, outbox_may_hold):
                 outbox_empty_at = time.time()
-                row = await conn.fetchrow(_FINISHED)
+                row = await conn.fetchrow(_FINISHED, wanted)
                 assert row is not None
                 if row["failed"]:
                     raise RuntimeError(f"bench: {row['failed']} job(s) did not succeed")
-                if row["succeeded"] >= jobs:
+                if row["succeeded"] >= len(wanted):
                     break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: the jobs had not all succeeded after {timeout:.0f}s")
             await asyncio.sleep(poll_s)
-        rows = await conn.fetch("SELECT id::text, extract(epoch FROM started_at)::float8, "
-                                "extract(epoch FROM ended_at)::float8 "
-                                "FROM t_job_info WHERE status = 'SUCCEEDED'")
+        rows = await conn.fetch(_TIMES, wanted)
         return DatabaseCompletion({r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows},
                                   outbox_empty_at)
     finally:
