@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--progress-phase-seconds", type=float, default=8.0,
                        help="progress: size each no-op phase to last about this long at the "
                             "rate a first probe of --jobs measured (0: exactly --jobs)")
+    bench.add_argument("--progress-rounds", type=int, default=2,
+                       help="progress: rounds of the six phases (each kind of long job twice "
+                            "a round); a kind's rate is the mean of its runs")
     bench.add_argument("--rows", type=int, default=1_000_000,
                        help="scale: queued rows of the large table (small: 10,000)")
     bench.add_argument("--memory-pool", type=int, default=64)
@@ -364,7 +367,8 @@ def _bench(args: argparse.Namespace) -> int:
         lone_jobs=args.lone_jobs, flood_jobs=args.flood_jobs, small_jobs=args.small_jobs,
         progress_jobs=args.progress_jobs, progress_steps=args.progress_steps,
         progress_seconds=args.progress_seconds,
-        progress_phase_seconds=args.progress_phase_seconds, large_rows=args.rows,
+        progress_phase_seconds=args.progress_phase_seconds,
+        progress_rounds=args.progress_rounds, large_rows=args.rows,
         memory_pool=args.memory_pool, memory_queued=args.queued, completion=args.completion)
     return run_bench(settings, args.scenario, options, json_only=args.json)
 

@@ -22,7 +22,7 @@ from tests.conftest import make_settings
 TINY = BenchOptions(
     jobs=40, tenants=3, rate=40, duration_s=1, lone_jobs=3, flood_jobs=60, small_jobs=5,
     small_tenants=3, progress_jobs=3, progress_steps=3000, progress_seconds=2.5,
-    progress_phase_seconds=0,
+    progress_phase_seconds=0, progress_rounds=1,
     small_rows=200, large_rows=2000, memory_pool=4, memory_queued=300)
 
 EXPECTED = {
@@ -90,6 +90,8 @@ def check_figures(scenario: str, line: dict[str, object]) -> None:
     elif scenario == "progress":
         # 2.5 s jobs advancing all the time: at most one write per period (1 s) each
         assert float(line["completion_writes_per_job_per_s_max"]) <= 1.0  # type: ignore[arg-type]
+        runs = line["noop_jobs_per_s_each_run"]
+        assert isinstance(runs, dict) and all(len(r) == 2 for r in runs.values())  # one round
     elif scenario == "scale":
         assert int(line["small_claim_buffers"]) > 0  # type: ignore[call-overload]
     elif scenario == "memory":

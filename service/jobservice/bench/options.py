@@ -31,6 +31,7 @@ class BenchOptions:
     # progress: the no-op phases hold enough jobs to last about this long at the reference
     # rate (at least `jobs`); 0: exactly `jobs`
     progress_phase_seconds: float = 8.0
+    progress_rounds: int = 2  # progress: rounds of A B C C B A (each kind twice a round)
     small_rows: int = 10_000  # scale: queued rows, small table
     large_rows: int = 1_000_000  # scale: queued rows, large table
     memory_pool: int = 64
