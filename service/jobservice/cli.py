@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--progress-phase-seconds", type=float, default=8.0,
                        help="progress: size each no-op phase to last about this long at the "
                             "rate a first probe of --jobs measured (0: exactly --jobs)")
-    bench.add_argument("--progress-rounds", type=int, default=2,
+    bench.add_argument("--progress-rounds", type=_positive(int), default=2,
                        help="progress: rounds of the six phases (each kind of long job twice "
                             "a round); a kind's rate is the mean of its runs")
     bench.add_argument("--rows", type=int, default=1_000_000,

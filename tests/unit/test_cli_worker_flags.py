@@ -1,4 +1,5 @@
-"""`jobservice run` limit flags: bad values are usage errors, good ones reach the settings."""
+"""Command-line flags: bad values are usage errors (run limits, bench options), good ones reach
+the settings."""
 
 from __future__ import annotations
 
@@ -31,3 +32,10 @@ def test_filters_come_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("JOBSERVICE_TENANTS", "")
     settings = Settings()
     assert settings.exclude_tenants == ["c", "d"] and settings.tenants is None
+
+
+@pytest.mark.parametrize("argv", [["--progress-rounds", "0"], ["--completion", "guess"]])
+def test_bad_bench_flags_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["bench", "--scenario", "progress", *argv])
+    assert exit_.value.code == 2

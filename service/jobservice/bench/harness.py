@@ -276,12 +276,12 @@ async def pg_stat_statements_calls(url: str, reset: bool) -> float | None:
 @dataclass(frozen=True, slots=True)
 class DatabaseCompletion:
     """How a run ended, read from the database: each job's RUNNING and SUCCEEDED times
-    (database clock, epoch seconds: the `at` of those events) and when the outbox was seen
-    empty after the last one (local clock)."""
+    (database clock, epoch seconds: the `at` of those events) and when the poll saw them
+    all ended, the outbox empty unless it was allowed to hold events (local clock)."""
 
     started_at: dict[str, float]
     ended_at: dict[str, float]
-    outbox_empty_at: float
+    seen_at: float
 
 
 # Cheap, through the partial indexes on queued and claimed jobs (counting every row each
@@ -318,7 +318,7 @@ async def wait_succeeded_in_database(url: str, ids: Collection[str],
         deadline = time.monotonic() + timeout
         while True:
             if await conn.fetchval(_IDLE, job_class, outbox_may_hold):
-                outbox_empty_at = time.time()
+                seen_at = time.time()
                 row = await conn.fetchrow(_FINISHED, wanted)
                 assert row is not None
                 if row["failed"]:
@@ -330,7 +330,7 @@ async def wait_succeeded_in_database(url: str, ids: Collection[str],
             await asyncio.sleep(poll_s)
         rows = await conn.fetch(_TIMES, wanted)
         return DatabaseCompletion({r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows},
-                                  outbox_empty_at)
+                                  seen_at)
     finally:
         await conn.close()
 
