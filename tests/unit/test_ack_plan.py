@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from jobservice.bus import Delivery
 from jobservice.intake import plan_acks
 
 
 def deliveries(channel: object, tags: range) -> list[Delivery]:
-    return [Delivery(b"{}", None, None, None, {},
-                     SimpleNamespace(channel=channel, delivery_tag=t))  # type: ignore[arg-type]
+    return [Delivery(b"{}", None, None, None, {}, channel, t)  # type: ignore[arg-type]
             for t in tags]
 
 

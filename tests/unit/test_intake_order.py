@@ -10,7 +10,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,22 +21,26 @@ from jobservice.jobs.registry import JobRegistry
 from jobservice.metrics import ServiceMetrics
 from jobservice.store import InsertOutcome, NewJob
 
-CHANNEL = object()
+
+class FakeChannel:
+    """The channel the deliveries came on: records their acknowledgements in a test's log."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.log.append(f"ack {delivery_tag}{' multiple' if multiple else ''}")
 
 
-class FakeMessage(SimpleNamespace):
-    def __init__(self, tag: int, log: list[str]) -> None:
-        super().__init__(channel=CHANNEL, delivery_tag=tag)
-        self._log = log
-
-    async def ack(self, multiple: bool = False) -> None:
-        self._log.append(f"ack {self.delivery_tag}{' multiple' if multiple else ''}")
+# one channel per test's log (the log is kept here, so its id stays its own)
+_channels: dict[int, FakeChannel] = {}
 
 
 def delivery(tag: int, log: list[str], **fields: Any) -> Delivery:
     body = json.dumps({"id": str(uuid.uuid4()), "tenant": "t", "job_class": "jobservice.noop",
                        **fields}).encode()
-    return Delivery(body, None, None, None, {}, FakeMessage(tag, log))  # type: ignore[arg-type]
+    channel = _channels.setdefault(id(log), FakeChannel(log))
+    return Delivery(body, None, None, None, {}, channel, tag)  # type: ignore[arg-type]
 
 
 class SlowFirstStore:
