@@ -216,6 +216,7 @@ AS $$
 DECLARE
     v_picked   uuid[] := '{}';
     v_expired  uuid[] := '{}';
+    v_claims   integer;
     v_claimed  uuid[];
     v_finished uuid[];
     v_requeued boolean;
@@ -224,11 +225,12 @@ BEGIN
         SELECT k.o_picked, k.o_expired INTO v_picked, v_expired
           FROM jobservice_pick_jobs(p_limit, p_tenants, p_exclude_tenants, p_job_types) k;
     END IF;
-    IF cardinality(v_picked) > 0 THEN
+    v_claims := cardinality(v_picked);
+    IF v_claims > 0 THEN
         -- the picked jobs of these classes start in the same update (008's trigger)
         PERFORM set_config('jobservice.start_classes', coalesce(p_runnable, '{}')::text, true);
     END IF;
-    -- A claim row is (id, NULL attempt, 'TO_BE_RUN', no outcome, next_attempt 1): the SET
+    -- A claim row is (id, no attempt, 'TO_BE_RUN', no outcome, next_attempt 1): the SET
     -- list below leaves such a row's fields as they are (the row trigger resets a claimed
     -- job's outcome fields) but for the status, instance and attempt.
     WITH changed AS (
@@ -248,15 +250,25 @@ BEGIN
                message_key = coalesce(f.message_key, j.message_key),
                message_params = CASE WHEN f.message_key IS NULL THEN j.message_params
                                      ELSE f.message_params::jsonb END
-          FROM (SELECT u.*, 0 FROM unnest(p_ids, p_attempts, p_statuses, p_percents,
-                                          p_error_types, p_error_messages, p_stack_traces,
-                                          p_results, p_delays, p_failed, p_rescheduled,
-                                          p_message_keys, p_message_params) AS u
-                UNION ALL
-                SELECT c.id, NULL::integer, 'TO_BE_RUN', NULL::integer, NULL::text,
-                       NULL::text, NULL::text, NULL::text, NULL::double precision, 0, 0,
-                       NULL::text, NULL::text, 1
-                  FROM unnest(v_picked) AS c(id))
+          -- one function scan over the runs' arrays with the claims appended (not a UNION
+          -- ALL of two: when a row of the join is updated concurrently, a completion write,
+          -- Postgres rechecks it against the join's other side, and a UNION ALL there made
+          -- that recheck miss, leaving a final write undone; tests/integration)
+          FROM unnest(p_ids || v_picked,
+                      p_attempts || array_fill(NULL::integer, ARRAY[v_claims]),
+                      p_statuses || array_fill('TO_BE_RUN'::text, ARRAY[v_claims]),
+                      p_percents || array_fill(NULL::integer, ARRAY[v_claims]),
+                      p_error_types || array_fill(NULL::text, ARRAY[v_claims]),
+                      p_error_messages || array_fill(NULL::text, ARRAY[v_claims]),
+                      p_stack_traces || array_fill(NULL::text, ARRAY[v_claims]),
+                      p_results || array_fill(NULL::text, ARRAY[v_claims]),
+                      p_delays || array_fill(NULL::double precision, ARRAY[v_claims]),
+                      p_failed || array_fill(0, ARRAY[v_claims]),
+                      p_rescheduled || array_fill(0, ARRAY[v_claims]),
+                      p_message_keys || array_fill(NULL::text, ARRAY[v_claims]),
+                      p_message_params || array_fill(NULL::text, ARRAY[v_claims]),
+                      array_fill(0, ARRAY[cardinality(p_ids)])
+                          || array_fill(1, ARRAY[v_claims]))
                AS f(id, attempt, status, percent, error_type, error_message, stack_trace,
                     result, delay_s, failed, rescheduled, message_key, message_params,
                     next_attempt)
