@@ -26,7 +26,7 @@ typecheck: $(VENV)/mypy
 
 # These run the installed package: set-up first reinstalls it when the sources changed.
 # `make bench`: every scenario at the sizes of the issue's targets table (docs/benchmarks.md),
-# about 8 minutes on 2 cores; BENCH_ARGS adds flags to each (e.g. --json).
+# 8–10 minutes on 2 cores; BENCH_ARGS adds flags to each (e.g. --json).
 BENCH := $(VENV)/jobservice --log-format text bench $(BENCH_ARGS)
 bench: setup
 	$(BENCH) --scenario throughput --jobs 20000 --tenants 10
