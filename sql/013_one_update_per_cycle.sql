@@ -267,7 +267,7 @@ BEGIN
                       p_rescheduled || array_fill(0, ARRAY[v_claims]),
                       p_message_keys || array_fill(NULL::text, ARRAY[v_claims]),
                       p_message_params || array_fill(NULL::text, ARRAY[v_claims]),
-                      array_fill(0, ARRAY[cardinality(p_ids)])
+                      array_fill(0, ARRAY[coalesce(cardinality(p_ids), 0)])
                           || array_fill(1, ARRAY[v_claims]))
                AS f(id, attempt, status, percent, error_type, error_message, stack_trace,
                     result, delay_s, failed, rescheduled, message_key, message_params,
