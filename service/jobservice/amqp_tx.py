@@ -10,8 +10,9 @@ instead of 55 (docs/benchmarks.md). Messages go out in the given order on one ch
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiormq
 import pamqp.frame
@@ -91,6 +92,57 @@ _APPLICATION_JSON = b"\x10application/json"
 _PERSISTENT = b"\x02"
 
 
+class EventToPublish(Protocol):
+    """One event as the relay reads it (jobservice.store.OutboxEvent has this shape)."""
+
+    @property
+    def event_id(self) -> object: ...  # its str() is the message id
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def routing_key(self) -> str: ...
+
+    @property
+    def body(self) -> str: ...
+
+
+_SEQ_HEADER = b"\x10x-jobservice-seq"  # the events' only header (a short string key)
+_EVENT_FLAGS = _CONTENT_TYPE_FLAG | _HEADERS_FLAG | _DELIVERY_MODE_FLAG | _MESSAGE_ID_FLAG
+
+
+def encode_events(exchange: str, events: Iterable[EventToPublish], channel_number: int,
+                  max_body_size: int) -> bytes:
+    """The frames of many events at once: the bytes of `PersistentJsonMessage(body,
+    exchange, routing_key, str(event_id), {"x-jobservice-seq": seq}).encode(...)` for each
+    (tests/unit), without two objects and a call per part and per event: 10.5-11.0 -> ~6 us
+    an event (timeit, batches of 500), and the relay publishes four events per job."""
+    method_prefix = _BASIC_PUBLISH + _short_string(exchange)
+    frame_head, content_header, long = _FRAME_HEAD.pack, _CONTENT_HEADER.pack, _LONG.pack
+    parts: list[bytes] = []
+    add = parts.append
+    for event in events:
+        body = event.body.encode()
+        method = method_prefix + _short_string(event.routing_key) + b"\x00"
+        table = _SEQ_HEADER + table_integer(event.seq)
+        header = b"".join((content_header(_BASIC_CLASS, 0, len(body), _EVENT_FLAGS),
+                           _APPLICATION_JSON, long(len(table)), table, _PERSISTENT,
+                           _short_string(str(event.event_id))))
+        add(frame_head(_METHOD_FRAME, channel_number, len(method)))
+        add(method)
+        add(_FRAME_END)
+        add(frame_head(_HEADER_FRAME, channel_number, len(header)))
+        add(header)
+        add(_FRAME_END)
+        for start in range(0, len(body), max_body_size):
+            piece = body[start:start + max_body_size]
+            add(frame_head(_BODY_FRAME, channel_number, len(piece)))
+            add(piece)
+            add(_FRAME_END)
+    return b"".join(parts)
+
+
 def _short_string(text: str) -> bytes:
     raw = text.encode()
     if len(raw) > 255:
@@ -116,15 +168,19 @@ class TransactionalPublisher:
         at once (one socket write), instead of one `basic_publish` each: that call's
         timeout, lock and write-queue round per message cost as much as the marshalling.
         In transaction mode there is no delivery tag to track per message."""
+        await self.publish_encoded(lambda number, chunk: b"".join(
+            message.encode(number, chunk) if isinstance(message, PersistentJsonMessage)
+            else _marshal(message, number, chunk) for message in messages))
+
+    async def publish_encoded(self, encode: Callable[[int, int], bytes]) -> None:
+        """`publish` of the frames `encode(channel number, max body size)` returns (the
+        channel's number is known only here: a reconnection brings a new channel)."""
         channel = await self._channel.get_underlay_channel()
         assert isinstance(channel, aiormq.Channel)
         if channel is not self._selected:
             await channel.tx_select()
             self._selected = channel
-        number, chunk = channel.number, channel.max_content_size
-        payload = b"".join(
-            message.encode(number, chunk) if isinstance(message, PersistentJsonMessage)
-            else _marshal(message, number, chunk) for message in messages)
+        payload = encode(channel.number, channel.max_content_size)
         if payload:
             async with channel.lock:
                 if channel.is_closed:

@@ -1,8 +1,10 @@
 """The frames of events and bulk submissions, encoded by hand
-(jobservice.amqp_tx.PersistentJsonMessage), are the bytes pamqp marshals for the same
-publish, and pamqp reads them back."""
+(jobservice.amqp_tx.PersistentJsonMessage, and encode_events for a relay batch), are the
+bytes pamqp marshals for the same publish, and pamqp reads them back."""
 
 from __future__ import annotations
+
+import uuid
 
 import aiormq
 import pamqp.frame
@@ -10,7 +12,8 @@ import pytest
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from jobservice.amqp_tx import PersistentJsonMessage
+from jobservice.amqp_tx import PersistentJsonMessage, encode_events
+from jobservice.store import OutboxEvent
 
 
 def pamqp_bytes(message: PersistentJsonMessage, channel: int, max_body: int) -> bytes:
@@ -82,3 +85,21 @@ def test_a_name_over_255_bytes_is_refused() -> None:
     message = PersistentJsonMessage(b"{}", "ex", "t" * 256, "m", {})
     with pytest.raises(ValueError, match="255 bytes"):
         message.encode(1, 1000)
+
+
+def test_a_batch_of_events_encodes_as_one_message_each() -> None:
+    """The relay's path: the bytes of each event's PersistentJsonMessage, in order, with
+    bodies empty, small, split over frames and not ASCII, and seq values of every size."""
+    events = [OutboxEvent(7, uuid.UUID(f"6f1c0a54-0000-4f0e-9d61-{n:012d}"), seq,
+                          f"tenant-{n}.running", body)
+              for n, (seq, body) in enumerate([
+                  (1, '{"status": "RUNNING"}'), (0, ""), (2**31, "x" * 1000),
+                  (70_000, "é€" * 700), (-5, "{}")])]
+    expected = b"".join(
+        PersistentJsonMessage(e.body.encode(), "ns.events", e.routing_key, str(e.event_id),
+                              {"x-jobservice-seq": e.seq}).encode(3, 512) for e in events)
+    assert encode_events("ns.events", events, 3, 512) == expected
+    assert encode_events("ns.events", events[:1], 3, 512) == pamqp_bytes(
+        PersistentJsonMessage(events[0].body.encode(), "ns.events", events[0].routing_key,
+                              str(events[0].event_id), {"x-jobservice-seq": 1}), 3, 512)
+    assert encode_events("ns.events", [], 3, 512) == b""
