@@ -71,8 +71,10 @@ async def publish(client: JobClient, messages: list[dict[str, Any]],
         await client.submit_many(part)
 
 
-def latencies(log: EventLog, published: dict[str, float], status: str) -> list[float]:
-    return [at - published[job] for job, at in log.at(status).items() if job in published]
+def latencies(times: dict[str, float], published: dict[str, float]) -> list[float]:
+    """Each published job's time of a transition (`times`: job id -> epoch seconds, from
+    its row or its event) minus its publish time."""
+    return [at - published[job] for job, at in times.items() if job in published]
 
 
 async def publish_steadily(client: JobClient, messages: list[dict[str, Any]], rate: float,
@@ -152,7 +154,7 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
         postgres_cpu = cpu_since(cpu_before[1],
                                  cpu_by_pid(await database_backends(target.url)))
         pg_calls = await pg_stat_statements_calls(target.url, reset=False)
-    done_latency = [at - published[job] for job, at in ended_at.items() if job in published]
+    done_latency = latencies(ended_at, published)
     return BenchReport(
         jobs=jobs, tenants=tenants, instances=instances, pool_size=pool,
         cpus=os.cpu_count() or 0, submit_per_s=round(jobs / submit_s, 1),
@@ -212,7 +214,7 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
                 achieved = await publish_steadily(client, messages, o.rate, published)
                 await watcher
             started_at = log.at("RUNNING")
-    run_latency = [at - published[job] for job, at in started_at.items()]
+    run_latency = latencies(started_at, published)
     figures = {
         "jobs": count, "rate_target_per_s": o.rate, "rate_achieved_per_s": round(achieved, 1),
         "instances": o.instances, "pool_size": pool, "completion": o.completion,
@@ -244,7 +246,7 @@ async def idle(settings: Settings, o: BenchOptions) -> ScenarioResult:
             published: dict[str, float] = {}
             await publish(client, [message], published)
             await collect(events, log, all_ended({message["id"]}), 30)
-            waits.extend(latencies(log, published, "RUNNING"))
+            waits.extend(latencies(log.at("RUNNING"), published))
     figures = {"jobs": len(waits), "pool_size": pool,
                "wakeup_p50_ms": percentile_ms(waits, 0.5),
                "wakeup_p99_ms": percentile_ms(waits, 0.99),
