@@ -27,8 +27,11 @@ TINY = BenchOptions(
 
 EXPECTED = {
     "throughput": {"jobs_per_s", "statements_per_job", "done_latency_p99_ms",
-                   "service_cpu_ms_per_job", "postgres_cpu_ms_per_job"},
-    "latency": {"run_latency_p50_ms", "run_latency_p99_ms", "rate_achieved_per_s"},
+                   "service_cpu_ms_per_job", "postgres_cpu_ms_per_job",
+                   "stored_all_after_s", "jobs_per_s_while_storing",
+                   "jobs_per_s_after_stored"},
+    "latency": {"run_latency_p50_ms", "run_latency_p99_ms", "rate_achieved_per_s",
+                "stored_latency_p50_ms", "stored_to_running_p50_ms"},
     "idle": {"wakeup_p50_ms", "wakeup_p99_ms"},
     "flood": {"jain_index", "shares", "small_wait_p99_ms", "flood_drain_s"},
     "progress": {"completion_writes_per_job_per_s_max", "noop_jobs_per_s_pool_empty",
@@ -92,6 +95,12 @@ def check_figures(scenario: str, line: dict[str, object]) -> None:
         assert float(line["completion_writes_per_job_per_s_max"]) <= 1.0  # type: ignore[arg-type]
         runs = line["noop_jobs_per_s_each_run"]
         assert isinstance(runs, dict) and all(len(r) == 2 for r in runs.values())  # one round
+    elif scenario == "throughput":
+        assert 0 < float(line["stored_all_after_s"]) < 60  # type: ignore[arg-type]
+    elif scenario == "latency":
+        # stored before RUNNING: the two parts are within the whole
+        assert float(line["stored_latency_p50_ms"]) > 0  # type: ignore[arg-type]
+        assert float(line["stored_to_running_p50_ms"]) >= 0  # type: ignore[arg-type]
     elif scenario == "scale":
         assert int(line["small_claim_buffers"]) > 0  # type: ignore[call-overload]
     elif scenario == "memory":

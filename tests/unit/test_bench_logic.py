@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobservice.bench.flow import all_ended
+from jobservice.bench.flow import all_ended, phase_rates
 from jobservice.bench.harness import EventLog, ObservedEvent, cpu_since
 from jobservice.bench.options import BenchOptions
 from jobservice.bench.progress import long_job_seconds, phase_jobs
@@ -91,3 +91,14 @@ def test_the_observer_reads_an_event_as_the_contract_writes_it() -> None:
     log.add(ObservedEvent.parse(body.replace(b'"TO_BE_RUN"', b'"RUNNING"')))  # progress
     assert log.at("RUNNING") == {event.job_id: event.at}
     assert log.progress == {event.job_id: 1} and log.ended == []
+
+
+def test_phase_rates_split_the_run_at_the_last_stored_submission() -> None:
+    # published at 0; rows stored until 2 s; 2 jobs ended by then, 6 in the 3 s after
+    created = [0.5, 1.0, 2.0, 1.5]
+    ended = [1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    assert phase_rates(0.0, created, ended) == (2.0, 1.0, 2.0)
+
+
+def test_phase_rates_with_nothing_left_after_the_last_store() -> None:
+    assert phase_rates(0.0, [1.0, 2.0], [1.5, 2.0]) == (2.0, 1.0, None)

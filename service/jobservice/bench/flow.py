@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +51,10 @@ class BenchReport:
     completion: str = "database"
     outbox_empty_after_ms: float | None = None
     latency_clock: str = "SUCCEEDED time (database clock) minus publish time (same machine)"
+    # the run's two phases (database completion only; see `phase_rates`)
+    stored_all_after_s: float | None = None
+    jobs_per_s_while_storing: float | None = None
+    jobs_per_s_after_stored: float | None = None
 
 
 def noop_messages(count: int, tenants: int, job_class: str = NOOP,
@@ -75,6 +79,19 @@ def latencies(times: dict[str, float], published: dict[str, float]) -> list[floa
     """Each published job's time of a transition (`times`: job id -> epoch seconds, from
     its row or its event) minus its publish time."""
     return [at - published[job] for job, at in times.items() if job in published]
+
+
+def phase_rates(first: float, created: Collection[float], ended: Collection[float]
+                ) -> tuple[float, float, float | None]:
+    """The run in two phases: while submissions are still being stored (first publish ->
+    the last row created), when the instances share the cores between their intake and
+    their pools, and after, when they only run jobs. Returns the first phase's length (s)
+    and the jobs ended per second in each (None: nothing ended after the last store)."""
+    stored, last = max(created), max(ended)
+    before = sum(1 for at in ended if at <= stored)
+    while_storing = before / (stored - first) if stored > first else 0.0
+    after = (len(ended) - before) / (last - stored) if last > stored else None
+    return stored - first, while_storing, after
 
 
 async def publish_steadily(client: JobClient, messages: list[dict[str, Any]], rate: float,
@@ -135,6 +152,8 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
                     target.url, [m["id"] for m in messages], timeout)
                 ended_at, last_seen = seen.ended_at, max(seen.ended_at.values())
                 outbox_lag: float | None = (seen.seen_at - last_seen) * 1000
+                phases: tuple[float, float, float | None] | None = phase_rates(
+                    first, seen.created_at.values(), ended_at.values())
             else:
                 # only what it measures: first publish -> last SUCCEEDED (the latency
                 # scenario measures submit -> RUNNING)
@@ -147,7 +166,7 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
                     submit_s = time.time() - first
                     await watcher
                 ended_at, last_seen = log.at("SUCCEEDED"), max(log.received_at.values())
-                outbox_lag = None
+                outbox_lag = phases = None
         statements = await services.scrape("jobservice_db_statements_total") - statements_before
         service_cpu = services.cpu_seconds() - cpu_before[0]
         # backends opened during the run (the pool grows under load) count too
@@ -166,7 +185,11 @@ async def bench_main(settings: Settings, jobs: int, tenants: int, instances: int
         service_cpu_ms_per_job=round(service_cpu * 1000 / jobs, 3),
         postgres_cpu_ms_per_job=round(postgres_cpu * 1000 / jobs, 3),
         completion=completion,
-        outbox_empty_after_ms=None if outbox_lag is None else round(outbox_lag, 1))
+        outbox_empty_after_ms=None if outbox_lag is None else round(outbox_lag, 1),
+        stored_all_after_s=None if phases is None else round(phases[0], 2),
+        jobs_per_s_while_storing=None if phases is None else round(phases[1], 1),
+        jobs_per_s_after_stored=(None if phases is None or phases[2] is None
+                                 else round(phases[2], 1)))
 
 
 async def throughput(settings: Settings, o: BenchOptions) -> ScenarioResult:
@@ -180,6 +203,10 @@ async def throughput(settings: Settings, o: BenchOptions) -> ScenarioResult:
          ("end-to-end jobs/s (first submit → last SUCCEEDED)", r.jobs_per_s),
          ("submit → SUCCEEDED p50 / p99 (ms, backlog drain)",
           f"{r.done_latency_p50_ms} / {r.done_latency_p99_ms}"),
+         ("all submissions stored after (s) / jobs/s meanwhile / jobs/s after",
+          "n/a (--completion events)" if r.stored_all_after_s is None else
+          f"{r.stored_all_after_s} / {r.jobs_per_s_while_storing} / "
+          f"{r.jobs_per_s_after_stored}"),
          ("SQL statements per job (service count)", r.statements_per_job),
          ("service CPU per job (ms, user+system)", r.service_cpu_ms_per_job),
          ("Postgres CPU per job (ms, the bench database's backends)",
@@ -204,8 +231,14 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
             # the RUNNING times are the rows' started_at (the RUNNING events' `at`), read
             # after the run: no subscriber on the measured cores during it
             achieved = await publish_steadily(client, messages, o.rate, published)
-            started_at = (await wait_succeeded_in_database(
-                target.url, [m["id"] for m in messages], timeout)).started_at
+            seen = await wait_succeeded_in_database(
+                target.url, [m["id"] for m in messages], timeout)
+            started_at = seen.started_at
+            # where the time goes: publish -> stored (broker, intake, insert), then
+            # stored -> RUNNING (waiting for a slot and a claim)
+            stored = latencies(seen.created_at, published)
+            waited = [started_at[job] - at for job, at in seen.created_at.items()
+                      if job in started_at]
         else:
             log = EventLog()
             async with observe(target, "*.running", "*.succeeded") as events:
@@ -214,13 +247,16 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
                 achieved = await publish_steadily(client, messages, o.rate, published)
                 await watcher
             started_at = log.at("RUNNING")
+            stored, waited = [], []
     run_latency = latencies(started_at, published)
-    figures = {
+    figures: dict[str, Any] = {
         "jobs": count, "rate_target_per_s": o.rate, "rate_achieved_per_s": round(achieved, 1),
         "instances": o.instances, "pool_size": pool, "completion": o.completion,
         "run_latency_p50_ms": percentile_ms(run_latency, 0.5),
         "run_latency_p99_ms": percentile_ms(run_latency, 0.99),
         "run_latency_max_ms": percentile_ms(run_latency, 1.0),
+        "stored_latency_p50_ms": percentile_ms(stored, 0.5) if stored else None,
+        "stored_to_running_p50_ms": percentile_ms(waited, 0.5) if waited else None,
     }
     return ScenarioResult(
         "latency", f"latency: {count} no-op jobs at {o.rate:g}/s over {o.tenants} tenants, "
@@ -228,7 +264,10 @@ async def latency(settings: Settings, o: BenchOptions) -> ScenarioResult:
         [("submissions/s achieved", figures["rate_achieved_per_s"]),
          ("submit → RUNNING p50 (ms)", figures["run_latency_p50_ms"]),
          ("submit → RUNNING p99 (ms)", figures["run_latency_p99_ms"]),
-         ("submit → RUNNING max (ms)", figures["run_latency_max_ms"])],
+         ("submit → RUNNING max (ms)", figures["run_latency_max_ms"]),
+         ("of which submit → stored p50 / stored → RUNNING p50 (ms)",
+          "n/a (--completion events)" if not stored else
+          f"{figures['stored_latency_p50_ms']} / {figures['stored_to_running_p50_ms']}")],
         figures)
 
 

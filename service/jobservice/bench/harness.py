@@ -277,11 +277,13 @@ async def pg_stat_statements_calls(url: str, reset: bool) -> float | None:
 class DatabaseCompletion:
     """How a run ended, read from the database: each job's RUNNING and SUCCEEDED times
     (database clock, epoch seconds: the `at` of those events) and when the poll saw them
-    all ended, the outbox empty unless it was allowed to hold events (local clock)."""
+    all ended, the outbox empty unless it was allowed to hold events (local clock); and
+    when each row was created (the intake's insert: stored, QUEUED)."""
 
     started_at: dict[str, float]
     ended_at: dict[str, float]
     seen_at: float
+    created_at: dict[str, float]
 
 
 # Cheap, through the partial indexes on queued and claimed jobs (counting every row each
@@ -297,7 +299,8 @@ SELECT count(*) FILTER (WHERE status = 'SUCCEEDED') AS succeeded,
        count(*) FILTER (WHERE status IN ('FAILED', 'ABORTED')) AS failed
   FROM t_job_info WHERE id = ANY($1::uuid[])"""
 _TIMES = """
-SELECT id::text, extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
+SELECT id::text, extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8,
+       extract(epoch FROM created_at)::float8
   FROM t_job_info WHERE id = ANY($1::uuid[])"""
 
 
@@ -330,7 +333,7 @@ async def wait_succeeded_in_database(url: str, ids: Collection[str],
             await asyncio.sleep(poll_s)
         rows = await conn.fetch(_TIMES, wanted)
         return DatabaseCompletion({r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows},
-                                  seen_at)
+                                  seen_at, {r[0]: r[3] for r in rows})
     finally:
         await conn.close()
 
