@@ -4,9 +4,11 @@ a process in tests)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from jobservice import __version__
@@ -15,8 +17,12 @@ _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                      300, 900, 3600)
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Gauge("jobservice_jobs", "Jobs in the database by tenant and status "
@@ -64,6 +70,16 @@ class ServiceMetrics:
                                "open.", registry=r)
         self.build = Info("jobservice_build", "Version of this instance.", registry=r)
         self.build.info({"version": __version__})
+
+    def child(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, remembered: `labels` checks and locks on every call
+        (~2 of its 2.7 us an increment, measured), and the pool and the intake count several
+        times a job."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]
 
     def counter_from(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a count kept elsewhere (e.g. the store's statement count) as a counter."""

@@ -282,14 +282,15 @@ class WorkerPool:
         The slots must have been reserved before the claim."""
         assert self._task_group is not None, "pool not bound to a task group"
         now = time.time()
-        self._metrics.transitions.labels(JobStatus.TO_BE_RUN.value).inc(len(claimed))
+        m = self._metrics
+        m.child(m.transitions, JobStatus.TO_BE_RUN.value).inc(len(claimed))
         for claim in claimed:
             if claim.queued_at is not None:
-                self._metrics.queue_wait.labels(claim.job_class).observe(
+                m.child(m.queue_wait, claim.job_class).observe(
                     max(0.0, now - claim.queued_at.timestamp()))
             log_transition(claim.id, claim.tenant, claim.job_class, "TO_BE_RUN")
         started = [c for c in claimed if c.status is JobStatus.RUNNING]
-        self._metrics.transitions.labels(JobStatus.RUNNING.value).inc(len(started))
+        m.child(m.transitions, JobStatus.RUNNING.value).inc(len(started))
         for claim in started:
             log_transition(claim.id, claim.tenant, claim.job_class, "RUNNING")
             job = await self._prepare(claim)
@@ -439,20 +440,21 @@ class WorkerPool:
             running.done.set()
 
     def _count_outcome(self, claim: ClaimedJob, outcome: FinishedRun, seconds: float) -> None:
-        self._metrics.transitions.labels(outcome.status.value).inc()
+        m = self._metrics
+        m.child(m.transitions, outcome.status.value).inc()
         if outcome.status is JobStatus.QUEUED:
             kind = ("retry" if outcome.failed else "reschedule" if outcome.rescheduled
                     else "abort_worker")
             self._metrics.requeued.labels(kind).inc()
             self._on_requeued()
         else:
-            self._metrics.run_duration.labels(claim.job_class).observe(seconds)
+            m.child(m.run_duration, claim.job_class).observe(seconds)
 
     async def _execute(self, running: RunningJob, job: Job[Any]) -> FinishedRun | None:
         """Run the job; None when it was cancelled (the caller decides what that means)."""
         claim, ctx = running.claim, running.ctx
         try:
-            if inspect.iscoroutinefunction(job.run):
+            if _runs_on_the_loop(job):
                 result = await job.run(ctx)
             else:
                 result = await anyio.to_thread.run_sync(
@@ -518,6 +520,19 @@ class WorkerPool:
         return FinishedRun(claim.id, claim.attempt, JobStatus.QUEUED,
                            percent=ctx.percent_completed, error_message=str(request)[:10_000],
                            delay_s=request.delay_s, rescheduled=1)
+
+
+_ON_THE_LOOP: dict[type[Any], bool] = {}
+
+
+def _runs_on_the_loop(job: Job[Any]) -> bool:
+    """`run` is `async def` (on the event loop) rather than plain (in a thread); known per
+    job type after its first job (inspect's check costs ~2 us, every job asked it)."""
+    kind = type(job)
+    known = _ON_THE_LOOP.get(kind)
+    if known is None:
+        known = _ON_THE_LOOP[kind] = inspect.iscoroutinefunction(job.run)
+    return known
 
 
 def _with_message(ctx: JobContext, outcome: FinishedRun) -> FinishedRun:

