@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobservice.jobs.base import Job
 from jobservice.jobs.registry import COMMAND_JOB_CLASS, JobRegistry
 from jobservice.model import STEPS_JOB_CLASS, JobStatus, Step, SubmitMessage
 from jobservice.store import NewJob
@@ -87,8 +88,17 @@ def _plain_job(message: SubmitMessage, registry: JobRegistry, max_parameters: in
         _count_node([0], max_jobs)  # the same refusal as the tree's
     parameters = _check_parameters(message, registry, max_parameters, ())
     job_type = registry.get(message.job_class)
+    return _new_job(message, registry, message.id or uuid.uuid4(), parameters,
+                    _max_retries(message, job_type), _retry_backoff_s(message, job_type))
+
+
+def _new_job(message: SubmitMessage, registry: JobRegistry, job_id: uuid.UUID,
+             parameters: dict[str, Any], max_retries: int, retry_backoff_s: float,
+             spec: dict[str, Any] | None = None,
+             external: frozenset[uuid.UUID] = frozenset(),
+             other_tenants: frozenset[str] | None = None) -> NewJob:
     return NewJob(
-        id=message.id or uuid.uuid4(),
+        id=job_id,
         tenant=message.tenant,
         job_class=message.job_class,
         status=JobStatus(message.initial_status),
@@ -97,15 +107,25 @@ def _plain_job(message: SubmitMessage, registry: JobRegistry, max_parameters: in
         owner=message.owner,
         expiration_date=message.expiration_date,
         parameters=parameters,
-        at_most_once=job_type.run_at_most_once,
-        max_retries=(job_type.max_retries if message.max_retries is None
-                     else message.max_retries),
-        retry_backoff_s=(job_type.retry_backoff_s if message.retry_backoff_s is None
-                         else message.retry_backoff_s),
+        at_most_once=registry.get(message.job_class).run_at_most_once,
+        max_retries=max_retries,
+        retry_backoff_s=retry_backoff_s,
         run_after=message.run_after,
         context=message.context,
-        other_tenants=frozenset((message.tenant,)),
+        spec=spec,
+        external_dependencies=external,
+        other_tenants=(frozenset((message.tenant,)) if other_tenants is None
+                       else other_tenants),
     )
+
+
+def _max_retries(message: SubmitMessage, job_type: type[Job[Any]]) -> int:
+    return job_type.max_retries if message.max_retries is None else message.max_retries
+
+
+def _retry_backoff_s(message: SubmitMessage, job_type: type[Job[Any]]) -> float:
+    return (job_type.retry_backoff_s if message.retry_backoff_s is None
+            else message.retry_backoff_s)
 
 
 def _tree_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int,
@@ -113,28 +133,12 @@ def _tree_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int
     """A submission with its on_success tree, steps, dependencies, elements, environment."""
     root = _build_node(message, registry, max_parameters, (), None, [0], max_jobs)
     external = _check_tree(root)
-    job_type = registry.get(message.job_class)
     composite = (bool(message.depends_on) or bool(message.on_success)
                  or message.selected_elements is not None or message.environment is not None)
-    return NewJob(
-        id=root.id,
-        tenant=message.tenant,
-        job_class=message.job_class,
-        status=JobStatus(message.initial_status),
-        priority=message.priority,
-        description=message.description,
-        owner=message.owner,
-        expiration_date=message.expiration_date,
-        parameters=root.spec["parameters"],
-        at_most_once=job_type.run_at_most_once,
-        max_retries=root.spec["max_retries"],
-        retry_backoff_s=root.spec["retry_backoff_s"],
-        run_after=message.run_after,
-        context=message.context,
-        spec=root.spec if composite else None,
-        external_dependencies=frozenset(external),
-        other_tenants=frozenset(n.message.tenant for n in root.walk()),
-    )
+    return _new_job(message, registry, root.id, root.spec["parameters"],
+                    root.spec["max_retries"], root.spec["retry_backoff_s"],
+                    spec=root.spec if composite else None, external=frozenset(external),
+                    other_tenants=frozenset(n.message.tenant for n in root.walk()))
 
 
 def _build_node(message: SubmitMessage, registry: JobRegistry, max_parameters: int,
@@ -158,10 +162,8 @@ def _build_node(message: SubmitMessage, registry: JobRegistry, max_parameters: i
         "expiration_date": (message.expiration_date.isoformat()
                             if message.expiration_date else None),
         "at_most_once": job_type.run_at_most_once,
-        "max_retries": (job_type.max_retries if message.max_retries is None
-                        else message.max_retries),
-        "retry_backoff_s": (job_type.retry_backoff_s if message.retry_backoff_s is None
-                            else message.retry_backoff_s),
+        "max_retries": _max_retries(message, job_type),
+        "retry_backoff_s": _retry_backoff_s(message, job_type),
         "run_after": message.run_after.isoformat() if message.run_after else None,
         "context": message.context, "parameters": parameters,
         "selected_elements": (None if message.selected_elements is None else
