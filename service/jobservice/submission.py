@@ -88,11 +88,11 @@ def _plain_job(message: SubmitMessage, registry: JobRegistry, max_parameters: in
         _count_node([0], max_jobs)  # the same refusal as the tree's
     parameters = _check_parameters(message, registry, max_parameters, ())
     job_type = registry.get(message.job_class)
-    return _new_job(message, registry, message.id or uuid.uuid4(), parameters,
+    return _new_job(message, job_type, message.id or uuid.uuid4(), parameters,
                     _max_retries(message, job_type), _retry_backoff_s(message, job_type))
 
 
-def _new_job(message: SubmitMessage, registry: JobRegistry, job_id: uuid.UUID,
+def _new_job(message: SubmitMessage, job_type: type[Job[Any]], job_id: uuid.UUID,
              parameters: dict[str, Any], max_retries: int, retry_backoff_s: float,
              spec: dict[str, Any] | None = None,
              external: frozenset[uuid.UUID] = frozenset(),
@@ -107,7 +107,7 @@ def _new_job(message: SubmitMessage, registry: JobRegistry, job_id: uuid.UUID,
         owner=message.owner,
         expiration_date=message.expiration_date,
         parameters=parameters,
-        at_most_once=registry.get(message.job_class).run_at_most_once,
+        at_most_once=job_type.run_at_most_once,
         max_retries=max_retries,
         retry_backoff_s=retry_backoff_s,
         run_after=message.run_after,
@@ -135,7 +135,8 @@ def _tree_job(message: SubmitMessage, registry: JobRegistry, max_parameters: int
     external = _check_tree(root)
     composite = (bool(message.depends_on) or bool(message.on_success)
                  or message.selected_elements is not None or message.environment is not None)
-    return _new_job(message, registry, root.id, root.spec["parameters"],
+    return _new_job(message, registry.get(message.job_class), root.id,
+                    root.spec["parameters"],
                     root.spec["max_retries"], root.spec["retry_backoff_s"],
                     spec=root.spec if composite else None, external=frozenset(external),
                     other_tenants=frozenset(n.message.tenant for n in root.walk()))
