@@ -302,3 +302,25 @@ async def test_claim_passes_over_a_job_another_transaction_holds(
     assert {r["id"] for r in claimed} == set(ids) - {first}
     assert {r["status"] for r in claimed} == {"RUNNING"}
     assert await db.fetchval("SELECT status FROM t_job_info WHERE id = $1", first) == "ABORTED"
+
+
+async def test_a_claim_filtered_by_job_type_reads_only_those_types(
+    db: asyncpg.Connection,
+) -> None:
+    """An instance that runs only some job types (JOBSERVICE_JOB_TYPES) takes the best of
+    them across types (priority, then age) and reads each wanted type's queue head from the
+    class index, not every queued job of the other types (sql/014)."""
+    await db.execute("SELECT jobservice_renew_lease('picky', 60)")
+    await insert_queued(db, "alpha", 3000, job_class="other.kind")
+    low = await insert_queued(db, "alpha", 2, job_class="tests.a", priority=1)
+    high = await insert_queued(db, "alpha", 1, job_class="tests.b", priority=5)
+    await insert_queued(db, "beta", 3000, job_class="other.kind")
+    await db.execute("ANALYZE t_job_info")
+    async with db.transaction():
+        claimed = await db.fetch("SELECT id, job_class FROM jobservice_claim_jobs('picky', 8, "
+                                 "NULL, NULL, ARRAY['tests.a', 'tests.b', 'tests.none'])")
+        read = await db.fetchval("SELECT idx_tup_fetch FROM pg_stat_xact_user_tables "
+                                 "WHERE relname = 't_job_info'")
+    assert [r["id"] for r in claimed][:1] == high  # priority first, across the types
+    assert {r["id"] for r in claimed} == set(high) | set(low)
+    assert read < 300, read  # 6,000 queued jobs of another type: not read one by one
