@@ -365,21 +365,28 @@ async def observe(target: BenchTarget, *bindings: str
     connection = await aiormq.connect(target.settings.amqp_url)
     try:
         channel = await connection.channel()
-        exchange = target.events_exchange
-        await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        declared = await channel.queue_declare(exclusive=True, auto_delete=True)
-        assert declared is not None and declared.queue is not None
-        for binding in bindings:
-            await channel.queue_bind(declared.queue, exchange, routing_key=binding)
+        queue = await _events_queue(channel, target, bindings)
         events: asyncio.Queue[ObservedEvent] = asyncio.Queue()
 
         async def on_message(message: DeliveredMessage) -> None:
             events.put_nowait(ObservedEvent.parse(message.body))
 
-        await channel.basic_consume(declared.queue, on_message, no_ack=True)
+        await channel.basic_consume(queue, on_message, no_ack=True)
         yield events
     finally:
         await connection.close()
+
+
+async def _events_queue(channel: aiormq.abc.AbstractChannel, target: BenchTarget,
+                        bindings: Collection[str]) -> str:
+    """A queue of the bench's own (gone with its connection), bound to the target's events."""
+    exchange = target.events_exchange
+    await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    declared = await channel.queue_declare(exclusive=True)
+    assert declared is not None and declared.queue is not None
+    for binding in bindings:
+        await channel.queue_bind(declared.queue, exchange, routing_key=binding)
+    return declared.queue
 
 
 class HeldEvents:
@@ -427,13 +434,7 @@ async def held_events(target: BenchTarget, *bindings: str) -> AsyncIterator[Held
     connection = await aiormq.connect(target.settings.amqp_url)
     try:
         channel = await connection.channel()
-        exchange = target.events_exchange
-        await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        declared = await channel.queue_declare(exclusive=True)
-        assert declared is not None and declared.queue is not None
-        for binding in bindings:
-            await channel.queue_bind(declared.queue, exchange, routing_key=binding)
-        yield HeldEvents(channel, declared.queue)
+        yield HeldEvents(channel, await _events_queue(channel, target, bindings))
     finally:
         await connection.close()
 
