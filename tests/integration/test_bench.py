@@ -39,7 +39,8 @@ EXPECTED = {
                  "noop_jobs_per_s_beside_progress", "throughput_drop_pct",
                  "throughput_drop_vs_spinning_pct"},
     "scale": {"small_claim_ms_median", "large_claim_ms_median", "small_claim_buffers",
-              "large_claim_buffers", "time_ratio"},
+              "large_claim_buffers", "time_ratio", "small_filtered_claim_buffers",
+              "large_filtered_claim_buffers", "filtered_time_ratio"},
     "memory": {"rss_mb", "peak_rss_mb"},
 }
 
@@ -105,6 +106,9 @@ def check_figures(scenario: str, line: dict[str, object]) -> None:
         assert float(line["stored_to_running_p50_ms"]) >= 0  # type: ignore[arg-type]
     elif scenario == "scale":
         assert int(line["small_claim_buffers"]) > 0  # type: ignore[call-overload]
+        # (that a claim of one job type does not read the others is tested at a size where
+        # it shows: tests/integration/test_scheduling.py)
+        assert int(line["large_filtered_claim_buffers"]) > 0  # type: ignore[call-overload]
     elif scenario == "memory":
         assert float(line["rss_mb"]) > 10  # type: ignore[arg-type]
 

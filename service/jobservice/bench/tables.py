@@ -18,12 +18,17 @@ from jobservice.config import Settings
 
 _FILL = """
 INSERT INTO t_job_info (id, tenant, job_class, status, priority, queued_at, transition_seq)
-SELECT gen_random_uuid(), 't' || lpad((g % $3)::text, 2, '0'), $4, 'QUEUED', (g % 3) * 10,
+SELECT gen_random_uuid(), 't' || lpad((g % $3)::text, 2, '0'),
+       CASE WHEN g % 100 = 0 THEN $5 ELSE $4 END, 'QUEUED', (g % 3) * 10,
        timestamptz '2026-01-01' + g * interval '1 millisecond', 1
   FROM generate_series($1::bigint, $2::bigint) AS g
 """
 _INSTANCE = "bench-scale"
 _CLAIMS = 30
+# One queued row in a hundred is of this job type: the claim of an instance that runs only
+# it (JOBSERVICE_JOB_TYPES) must not read the other 99 % (sql/014).
+_RARE = "bench.rare"
+_FILTERED_CLAIM = f"jobservice_claim_jobs($1, $2, NULL, NULL, ARRAY['{_RARE}'])"
 
 
 async def _fill(conn: asyncpg.Connection, first: int, last: int, tenants: int,
@@ -31,7 +36,7 @@ async def _fill(conn: asyncpg.Connection, first: int, last: int, tenants: int,
     """Queued rows `first`..`last`; without the triggers (no outbox rows) unless `events`."""
     if not events:
         await conn.execute("SET session_replication_role = replica")
-    await conn.execute(_FILL, first, last, tenants, job_class)
+    await conn.execute(_FILL, first, last, tenants, job_class, _RARE)
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE t_job_info")
 
@@ -43,10 +48,12 @@ async def _claim_statement(conn: asyncpg.Connection) -> str:
     return "jobservice_claim_jobs($1, $2)"
 
 
-async def _claim_cost(conn: asyncpg.Connection, limit: int) -> dict[str, float]:
+async def _claim_cost(conn: asyncpg.Connection, limit: int, claim: str | None = None
+                      ) -> dict[str, float]:
     """Median time of the claim function (each claim rolled back, so every run sees the same
-    table), and the buffers one claim touches (EXPLAIN ANALYZE BUFFERS)."""
-    claim = await _claim_statement(conn)
+    table), and the buffers one claim touches (EXPLAIN ANALYZE BUFFERS). `claim`: the
+    statement (default: the service's unfiltered claim)."""
+    claim = claim or await _claim_statement(conn)
     times: list[float] = []
     for _ in range(_CLAIMS):
         tx = conn.transaction()
@@ -80,10 +87,13 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
             started = time.monotonic()
             await _fill(conn, 1, o.small_rows, o.tenants, "jobservice.noop", events=False)
             small = await _claim_cost(conn, limit)
+            rare = min(limit, o.small_rows // 100)
+            small_filtered = await _claim_cost(conn, rare, _FILTERED_CLAIM)
             await _fill(conn, o.small_rows + 1, o.large_rows, o.tenants, "jobservice.noop",
                         events=False)
             fill_s = time.monotonic() - started
             large = await _claim_cost(conn, limit)
+            large_filtered = await _claim_cost(conn, rare, _FILTERED_CLAIM)
         finally:
             await conn.close()
     # The fastest of the claims: the least disturbed by other processes on a shared machine.
@@ -95,7 +105,14 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
                           else "jobservice_claim_jobs",
         **{f"small_{k}": v for k, v in small.items() if k != "and_start"},
         **{f"large_{k}": v for k, v in large.items() if k != "and_start"}, "time_ratio": ratio,
-        "buffers_ratio": round(large["claim_buffers"] / max(1, small["claim_buffers"]), 2)}
+        "buffers_ratio": round(large["claim_buffers"] / max(1, small["claim_buffers"]), 2),
+        "filtered_claim_limit": rare,
+        **{f"small_filtered_{k}": v for k, v in small_filtered.items() if k != "and_start"},
+        **{f"large_filtered_{k}": v for k, v in large_filtered.items() if k != "and_start"},
+        "filtered_time_ratio": round(large_filtered["claim_ms_min"]
+                                     / max(small_filtered["claim_ms_min"], 1e-6), 2),
+        "filtered_buffers_ratio": round(large_filtered["claim_buffers"]
+                                        / max(1, small_filtered["claim_buffers"]), 2)}
     return ScenarioResult(
         "scale", f"claim cost: {o.small_rows:,} vs {o.large_rows:,} queued rows, "
                  f"{o.tenants} tenants, claims of {limit} (median of {_CLAIMS})",
@@ -106,7 +123,12 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
          ("claim buffers (EXPLAIN), small / large table",
           f"{small['claim_buffers']} / {large['claim_buffers']}"),
          ("large / small time ratio (fastest claims)", ratio),
-         ("large / small buffers ratio", figures["buffers_ratio"])],
+         ("large / small buffers ratio", figures["buffers_ratio"]),
+         (f"claim of one job type (1 % of the rows, claims of {rare}): fastest, small / "
+          "large table (ms)",
+          f"{small_filtered['claim_ms_min']} / {large_filtered['claim_ms_min']}"),
+         ("claim of one job type: buffers, small / large table",
+          f"{small_filtered['claim_buffers']} / {large_filtered['claim_buffers']}")],
         figures)
 
 
