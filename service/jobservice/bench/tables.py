@@ -25,18 +25,19 @@ SELECT gen_random_uuid(), 't' || lpad((g % $3)::text, 2, '0'),
 """
 _INSTANCE = "bench-scale"
 _CLAIMS = 30
-# One queued row in a hundred is of this job type: the claim of an instance that runs only
-# it (JOBSERVICE_JOB_TYPES) must not read the other 99 % (sql/014).
+# In the scale scenario one queued row in a hundred is of this job type: the claim of an
+# instance that runs only it (JOBSERVICE_JOB_TYPES) must not read the other 99 % (sql/014).
 _RARE = "bench.rare"
 _FILTERED_CLAIM = f"jobservice_claim_jobs($1, $2, NULL, NULL, ARRAY['{_RARE}'])"
 
 
 async def _fill(conn: asyncpg.Connection, first: int, last: int, tenants: int,
-                job_class: str, events: bool) -> None:
-    """Queued rows `first`..`last`; without the triggers (no outbox rows) unless `events`."""
+                job_class: str, events: bool, rare_class: str | None = None) -> None:
+    """Queued rows `first`..`last` of `job_class`, one in a hundred of `rare_class` if given;
+    without the triggers (no outbox rows) unless `events`."""
     if not events:
         await conn.execute("SET session_replication_role = replica")
-    await conn.execute(_FILL, first, last, tenants, job_class, _RARE)
+    await conn.execute(_FILL, first, last, tenants, job_class, rare_class or job_class)
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE t_job_info")
 
@@ -85,12 +86,13 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
             await conn.execute("INSERT INTO t_instance (instance_id, lease_expires_at) "
                                "VALUES ($1, now() + interval '1 day')", _INSTANCE)
             started = time.monotonic()
-            await _fill(conn, 1, o.small_rows, o.tenants, "jobservice.noop", events=False)
+            await _fill(conn, 1, o.small_rows, o.tenants, "jobservice.noop", events=False,
+                        rare_class=_RARE)
             small = await _claim_cost(conn, limit)
             rare = min(limit, o.small_rows // 100)
             small_filtered = await _claim_cost(conn, rare, _FILTERED_CLAIM)
             await _fill(conn, o.small_rows + 1, o.large_rows, o.tenants, "jobservice.noop",
-                        events=False)
+                        events=False, rare_class=_RARE)
             fill_s = time.monotonic() - started
             large = await _claim_cost(conn, limit)
             large_filtered = await _claim_cost(conn, rare, _FILTERED_CLAIM)
