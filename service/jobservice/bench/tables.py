@@ -19,7 +19,7 @@ from jobservice.config import Settings
 _FILL = """
 INSERT INTO t_job_info (id, tenant, job_class, status, priority, queued_at, transition_seq)
 SELECT gen_random_uuid(), 't' || lpad((g % $3)::text, 2, '0'),
-       CASE WHEN g % 100 = 0 THEN $5 ELSE $4 END, 'QUEUED', (g % 3) * 10,
+       CASE WHEN g % $6 = 0 THEN $5 ELSE $4 END, 'QUEUED', (g % 3) * 10,
        timestamptz '2026-01-01' + g * interval '1 millisecond', 1
   FROM generate_series($1::bigint, $2::bigint) AS g
 """
@@ -28,16 +28,18 @@ _CLAIMS = 30
 # In the scale scenario one queued row in a hundred is of this job type: the claim of an
 # instance that runs only it (JOBSERVICE_JOB_TYPES) must not read the other 99 % (sql/014).
 _RARE = "bench.rare"
+_RARE_EVERY = 100
 _FILTERED_CLAIM = f"jobservice_claim_jobs($1, $2, NULL, NULL, ARRAY['{_RARE}'])"
 
 
 async def _fill(conn: asyncpg.Connection, first: int, last: int, tenants: int,
                 job_class: str, events: bool, rare_class: str | None = None) -> None:
-    """Queued rows `first`..`last` of `job_class`, one in a hundred of `rare_class` if given;
+    """Queued rows `first`..`last` of `job_class`, one in `_RARE_EVERY` of `rare_class` if given;
     without the triggers (no outbox rows) unless `events`."""
     if not events:
         await conn.execute("SET session_replication_role = replica")
-    await conn.execute(_FILL, first, last, tenants, job_class, rare_class or job_class)
+    await conn.execute(_FILL, first, last, tenants, job_class, rare_class or job_class,
+                       _RARE_EVERY)
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE t_job_info")
 
@@ -89,7 +91,7 @@ async def scale(settings: Settings, o: BenchOptions) -> ScenarioResult:
             await _fill(conn, 1, o.small_rows, o.tenants, "jobservice.noop", events=False,
                         rare_class=_RARE)
             small = await _claim_cost(conn, limit)
-            rare = min(limit, o.small_rows // 100)
+            rare = min(limit, o.small_rows // _RARE_EVERY)
             small_filtered = await _claim_cost(conn, rare, _FILTERED_CLAIM)
             await _fill(conn, o.small_rows + 1, o.large_rows, o.tenants, "jobservice.noop",
                         events=False, rare_class=_RARE)
