@@ -185,12 +185,18 @@ SELECT id FROM t_job_info WHERE instance_id = $1 AND status = 'RUNNING' AND stop
 -- The relay's one statement per round: delete the batches the broker confirmed ($2), read
 -- the oldest others (the SELECT sees the rows as before the DELETE, hence the exclusion):
 -- whole batches, in order, until $1 events or more (at least one batch), one row per event.
+-- Events of pool cycles may be committed without a flush (sql/015): the statement writes
+-- (the DELETE, or else the barrier row when it reads events), so its commit flushes the WAL
+-- up to it, every commit it saw included, before the rows reach the relay.
 WITH confirmed AS (
-    DELETE FROM t_job_event_batch WHERE id = ANY($2::bigint[])
+    DELETE FROM t_job_event_batch WHERE id = ANY($2::bigint[]) RETURNING id
 ), oldest AS (
     SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before
       FROM (SELECT id, event_count FROM t_job_event_batch
              WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1) head
+), flushed AS (
+    UPDATE t_outbox_flush SET flushes = flushes + 1
+     WHERE NOT EXISTS (SELECT 1 FROM confirmed) AND EXISTS (SELECT 1 FROM oldest)
 )
 SELECT b.id, e.event_id, e.seq, e.routing_key, e.body
   FROM oldest
@@ -220,7 +226,35 @@ SELECT coalesce((SELECT lease_expires_at <= clock_timestamp() FROM t_instance
                   WHERE instance_id = $1), true);
 
 -- name: release_lease
+WITH unmarked AS (DELETE FROM t_server_mark WHERE instance_id = $1)
 DELETE FROM t_instance WHERE instance_id = $1;
+
+-- name: server_crashed
+-- Whether the database server crashed since this instance last looked ($1's row of the
+-- unlogged t_server_mark is gone: crash recovery empties it); marks it again. True at the
+-- first look of an instance.
+WITH seen AS (
+    SELECT 1 FROM t_server_mark WHERE instance_id = $1
+), marked AS (
+    INSERT INTO t_server_mark (instance_id) VALUES ($1) ON CONFLICT DO NOTHING
+)
+SELECT NOT EXISTS (SELECT 1 FROM seen);
+
+-- name: take_back_unheld
+-- Jobs recorded as claimed or running by instance $1 that it does not hold ($2): a cycle
+-- rolled back by a crash of the server (sql/015), or a claim whose reply was lost. Back to
+-- QUEUED, or FAILED `lost` for a job that must not run twice, as a rescue does.
+UPDATE t_job_info j
+   SET status = CASE WHEN j.at_most_once AND j.status = 'RUNNING' THEN 'FAILED'
+                     ELSE 'QUEUED' END,
+       error_type = CASE WHEN j.at_most_once AND j.status = 'RUNNING' THEN 'lost'
+                         ELSE j.error_type END,
+       error_message = CASE WHEN j.at_most_once AND j.status = 'RUNNING'
+                            THEN 'instance ' || $1 || ' lost track of this job while it ran'
+                            ELSE j.error_message END
+ WHERE j.instance_id = $1 AND j.status IN ('TO_BE_RUN', 'RUNNING')
+   AND j.id <> ALL ($2::uuid[])
+RETURNING j.id, j.status, j.tenant, j.job_class;
 
 -- name: rescue_orphans
 SELECT id, status, instance_id, tenant, job_class FROM jobservice_rescue_orphans($1);

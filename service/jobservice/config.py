@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # How often the per-tenant/status job counts behind /metrics are refreshed.
     metrics_refresh_s: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=2)
+    # Whether a pool cycle (final statuses and the next claim) waits for its WAL flush before
+    # its jobs start. async: it does not (sql/015: a crash of the database server can undo
+    # the last fraction of a second of cycles; their jobs run again, none of their events
+    # was published). sync: every cycle is durable before anything runs on it.
+    cycle_commit: Literal["async", "sync"] = "async"
     # Optional tenant access control: AMQP user (the `user_id` property, which RabbitMQ
     # checks against the connection's login) -> tenants it may submit for and control
     # ("*": all). Unset: no check. JSON in the environment.

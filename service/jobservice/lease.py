@@ -27,7 +27,8 @@ FENCE_FRACTION = 0.8  # of the lease timeout without a renewal
 class LeaseKeeper:
     def __init__(self, store: Store, instance_id: str, heartbeat_s: float, timeout_s: float,
                  metrics: ServiceMetrics, on_lease_lost: Callable[[], None],
-                 on_rescued: Callable[[], None]) -> None:
+                 on_rescued: Callable[[], None],
+                 on_server_crashed: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._instance_id = instance_id
         self._heartbeat = heartbeat_s
@@ -35,6 +36,7 @@ class LeaseKeeper:
         self._metrics = metrics
         self._on_lease_lost = on_lease_lost
         self._on_rescued = on_rescued
+        self._on_server_crashed = on_server_crashed
         self.last_renewed = time.monotonic()
         self.fenced = False
 
@@ -45,6 +47,7 @@ class LeaseKeeper:
         await self.rescue()
         await self._store.renew_lease(self._instance_id, self._timeout)
         self.last_renewed = time.monotonic()
+        await self._store.server_crashed(self._instance_id)  # marks it: nothing held yet
 
     async def run(self) -> None:
         while True:
@@ -75,6 +78,12 @@ class LeaseKeeper:
         await self._store.renew_lease(self._instance_id, self._timeout)
         self.last_renewed = time.monotonic()
         self.fenced = False
+        if await self._store.server_crashed(self._instance_id):
+            # crash recovery may have undone our last cycles (sql/015): jobs we finished or
+            # never got may be recorded as ours
+            log.warning("the database server crashed since the last heartbeat: taking back "
+                        "the jobs recorded as %s's that it does not hold", self._instance_id)
+            self._on_server_crashed()
         await self.rescue()
         if recovered:
             # The jobs handed back above were announced while we could not claim: claim now

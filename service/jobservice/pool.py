@@ -10,7 +10,8 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -113,6 +114,8 @@ class WorkerPool:
         self._claims_in_flight = 0
         self._early_stops: set[UUID] = set()
         self._claims_settled = anyio.Event()
+        # Claims wait while jobs recorded here but not held are taken back (takeback.py).
+        self._claims_paused = 0
         self._task_group: TaskGroup | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self.finished = 0  # runs ended (any final status or handed back)
@@ -120,7 +123,24 @@ class WorkerPool:
 
     @property
     def free_slots(self) -> int:
-        return self.capacity - self._busy
+        """Slots a claim may fill now (none while claims are held back)."""
+        return 0 if self._claims_paused else self.capacity - self._busy
+
+    @property
+    def claims_paused(self) -> bool:
+        return self._claims_paused > 0
+
+    @asynccontextmanager
+    async def claims_held_back(self) -> AsyncIterator[None]:
+        """Inside, no claim is in flight and none begins: every job the database records
+        as claimed by this instance is either held here (`running_ids`) or not held at all."""
+        self._claims_paused += 1
+        try:
+            await self.claims_settled()
+            yield
+        finally:
+            self._claims_paused -= 1
+            self._slot_freed.set()
 
     @property
     def busy(self) -> int:

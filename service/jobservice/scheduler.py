@@ -8,7 +8,7 @@ trip."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import anyio
@@ -47,6 +47,8 @@ class Scheduler:
         self.stopped = anyio.Event()
         self.claims = 0  # claim statements issued
         self.intake_claims = 0  # of which intake batches stored with a claim (store_jobs)
+        # Called when a claim failed on its connection: it may have committed (takeback.py).
+        self.on_outcome_unknown: Callable[[], None] = lambda: None
 
     def stop(self) -> None:
         """Claim no more; a claim in flight still completes and its jobs start (so none is
@@ -84,6 +86,7 @@ class Scheduler:
                 claimed = await self._claim(free)
             except TRANSIENT_DB_ERRORS as exc:
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                self.on_outcome_unknown()
                 with self._interruptible():
                     await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -146,9 +149,11 @@ class Scheduler:
         try:
             outcome = await self._store.insert_jobs(
                 jobs, ClaimRequest(self._instance_id, free, self._filter, self._pool.runnable))
-        except BaseException:
+        except BaseException as exc:
             self._pool.settle_claim(free, 0)
             self._pool.claim_ends()
+            if isinstance(exc, TRANSIENT_DB_ERRORS):
+                self.on_outcome_unknown()
             raise
         claimed = outcome.claimed
         self.intake_claims += 1
@@ -168,12 +173,20 @@ class Scheduler:
         """The finisher's write: the final statuses of `runs` and, in the same round trip,
         the claim of the slots they free and any other free ones (within `--max-jobs` and
         the claim filters; nothing once stopping). Returns the ids whose write applied."""
-        limit = 0 if self._stopping else self._pool.free_slots + len(runs)
+        paused = self._stopping or self._pool.claims_paused
+        limit = 0 if paused else self._pool.free_slots + len(runs)
         if self.budget is not None:
             limit = min(limit, self.budget)
-        applied, claimed = await self._pool.write_finals(
-            runs, limit, lambda limit: self._store.finish_and_claim(
-                runs, self._instance_id, limit, self._filter, self._pool.runnable))
+        try:
+            applied, claimed = await self._pool.write_finals(
+                runs, limit, lambda limit: self._store.finish_and_claim(
+                    runs, self._instance_id, limit, self._filter, self._pool.runnable))
+        except TRANSIENT_DB_ERRORS:
+            # The connection failed: the cycle may have committed, its claims included,
+            # without this instance knowing them. The finisher writes the finals again; the
+            # claimed jobs, if any, are taken back.
+            self.on_outcome_unknown()
+            raise
         if self.budget is not None:
             self.budget -= claimed
         return applied

@@ -37,6 +37,7 @@ from jobservice.store import (
     FinishedRun,
     Store,
 )
+from jobservice.takeback import UnheldJobs
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ class JobService:
         holder: list[Store] = []
 
         async def connect() -> None:
-            store = await Store.connect(s.database_url, s.database_schema, s.db_pool_size)
+            store = await Store.connect(s.database_url, s.database_schema, s.db_pool_size,
+                                        s.cycle_commit)
             applied = await store.migrate()
             if applied:
                 log.info("migrations applied: %s", ", ".join(applied))
@@ -192,9 +194,11 @@ class JobService:
             relay.kick()
 
         store.on_events_written = relay.kick
+        unheld = UnheldJobs(store, pool, s.instance_id, self.metrics, after_write)
+        scheduler.on_outcome_unknown = unheld.request
         lease = LeaseKeeper(store, s.instance_id, s.heartbeat_s, s.lease_timeout_s,
                             self.metrics, on_lease_lost=lambda: self._drop_jobs(pool),
-                            on_rescued=after_write)
+                            on_rescued=after_write, on_server_crashed=unheld.request)
         self.lease = lease
         await lease.start()
         intake = Intake(store, broker, self.registry, self.metrics, s, scheduler.store_jobs)
@@ -212,6 +216,7 @@ class JobService:
                     btg.start_soon(relay.run, name="outbox-relay")
                     btg.start_soon(self._refresh_gauges, name="metrics-refresh")
                     btg.start_soon(lease.run, name="lease")
+                    btg.start_soon(unheld.run, name="take-back")
                     btg.start_soon(job_log.run, name="job-log")
                     if limits.active:
                         btg.start_soon(limits.run, name="worker-limits")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -19,6 +19,9 @@ from asyncpg.pool import PoolConnectionProxy
 from jobservice.joblog import JobLogLine
 from jobservice.model import DEFAULT_CONTEXT, JobStatus
 from jobservice.resources import resource_dir
+
+# Whether a pool cycle's commit waits for its WAL flush (sql/015).
+CycleCommit = Literal["async", "sync"]
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +338,18 @@ class Store:
         self._finals_conn = _HeldConnection(pool) if hold else None
 
     @classmethod
-    async def connect(cls, dsn: str, schema: str = "public", size: int = 10) -> Store:
+    async def connect(cls, dsn: str, schema: str = "public", size: int = 10,
+                      cycle_commit: CycleCommit = "sync") -> Store:
+        """`cycle_commit`: whether the pool cycles' commits wait for their WAL flush
+        ("sync") or not ("async", JOBSERVICE_CYCLE_COMMIT; sql/015)."""
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
             max_size=size,
             init=_init_connection,
             reset=_keep_session,
-            server_settings={"search_path": schema, "application_name": "jobservice"},
+            server_settings={"search_path": schema, "application_name": "jobservice",
+                             "jobservice.cycle_commit": cycle_commit},
         )
         return cls(pool, dsn, schema)
 
@@ -538,6 +545,26 @@ class Store:
 
     async def release_lease(self, instance_id: str) -> None:
         await self._execute("release_lease", instance_id)
+
+    async def server_crashed(self, instance_id: str) -> bool:
+        """Whether the database server crashed since this instance last asked (true at its
+        first question): its last cycles may have been rolled back (sql/015)."""
+        row = await self._fetchrow("server_crashed", instance_id)
+        return bool(row is not None and row[0])
+
+    async def take_back_unheld(self, instance_id: str, held: Sequence[UUID]
+                               ) -> list[tuple[JobRef, JobStatus]]:
+        """Jobs recorded as claimed or running by this instance, but not among `held`: back
+        to QUEUED (FAILED `lost` if they must not run twice), claimers woken."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(QUERIES["take_back_unheld"], instance_id, list(held))
+            if rows:
+                await conn.execute(QUERIES["notify_work"])
+            self.statements += 2 if rows else 1
+        if rows:
+            self.on_events_written()
+        return [(JobRef(r["id"], r["tenant"], r["job_class"]), JobStatus(r["status"]))
+                for r in rows]
 
     async def rescue_orphans(self, limit: int = 500
                              ) -> list[tuple[JobRef, JobStatus, str]]:

@@ -25,12 +25,14 @@ def _pg_cluster() -> tuple[str, str]:
     return sorted(os.listdir("/etc/postgresql"))[0], "main"
 
 
-async def postgres_outage(seconds: float) -> None:
-    """Stop PostgreSQL (fast shutdown: connections are cut), wait, start it again."""
+async def postgres_outage(seconds: float, mode: str = "fast") -> None:
+    """Stop PostgreSQL, wait, start it again. `fast`: a clean shutdown (connections are cut,
+    everything committed is flushed first); `immediate`: a crash (what was not flushed is
+    lost, unlogged tables are emptied by the crash recovery at the next start)."""
     version, name = _pg_cluster()
     try:
-        await _run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop",
-                   "--", "-m", "fast")
+        await _run("pg_ctlcluster", "--skip-systemctl-redirect", "--mode", mode, version,
+                   name, "stop")
         await asyncio.sleep(seconds)
     finally:
         await _run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start")
