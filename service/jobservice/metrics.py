@@ -37,6 +37,11 @@ class ServiceMetrics:
         self.rescued = Counter("jobservice_jobs_rescued", "Jobs of lost instances taken back "
                                "(requeued, or failed_lost for at-most-once job types).",
                                ["outcome"], registry=r)
+        self.taken_back = Counter("jobservice_jobs_taken_back", "Jobs recorded as claimed or "
+                                  "running by this instance that it did not hold (after a "
+                                  "crash of the database server, or a claim whose reply was "
+                                  "lost), taken back: requeued, or failed_lost.", ["outcome"],
+                                  registry=r)
         self.requeued = Counter("jobservice_jobs_requeued", "Runs that ended back in QUEUED "
                                 "for another attempt: retry (failed, retries left), "
                                 "reschedule, abort_worker.", ["reason"], registry=r)

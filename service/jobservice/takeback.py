@@ -58,7 +58,7 @@ class UnheldJobs:
                            "recorded as claimed here but not held (database crash or lost "
                            "reply): taken back")
             self._metrics.transitions.labels(status.value).inc()
-            self._metrics.rescued.labels("requeued" if status is JobStatus.QUEUED
-                                         else "failed_lost").inc()
+            self._metrics.taken_back.labels("requeued" if status is JobStatus.QUEUED
+                                            else "failed_lost").inc()
         if taken:
             self._on_taken_back()

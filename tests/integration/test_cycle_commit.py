@@ -12,6 +12,7 @@ import asyncpg
 from jobservice.store import CycleCommit, Store
 from tests.conftest import ServiceFactory, wait_until
 from tests.integration.test_scheduling import claim, insert_queued
+from tests.support.amqp import metric_value
 
 _NO_RUNS = "'{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}'"
 
@@ -130,6 +131,10 @@ async def test_jobs_recorded_here_but_not_held_are_taken_back_after_a_server_cra
     assert rows == {lost[0]: "QUEUED", lost[1]: "FAILED/lost"}
     assert await db.fetchval("SELECT status FROM t_job_info WHERE id = $1",
                              reply_ids[0]) == "RUNNING"  # held here: left alone
+    metrics = service.metrics.render().decode()
+    for outcome in ("requeued", "failed_lost"):
+        assert metric_value(metrics, "jobservice_jobs_taken_back_total",
+                            outcome=outcome) == 1
 
     async def slept() -> bool:
         return await db.fetchval("SELECT status FROM t_job_info WHERE id = $1",
