@@ -20,8 +20,6 @@ from jobservice.model import JobStatus
 from jobservice.pool import WorkerPool
 from jobservice.store import Store
 
-log = logging.getLogger(__name__)
-
 
 class UnheldJobs:
     def __init__(self, store: Store, pool: WorkerPool, instance_id: str,
@@ -32,7 +30,6 @@ class UnheldJobs:
         self._metrics = metrics
         self._on_taken_back = on_taken_back
         self._wanted = anyio.Event()
-        self.rounds = 0  # take-backs done
 
     def request(self) -> None:
         """Take them back soon (from any callback; requests made meanwhile are merged)."""
@@ -52,7 +49,6 @@ class UnheldJobs:
                 "take back of jobs not held here",
                 lambda: self._store.take_back_unheld(self._instance_id,
                                                      self._pool.running_ids()))
-        self.rounds += 1
         for job, status in taken:
             log_transition(job.id, job.tenant, job.job_class, status.value, logging.WARNING,
                            "recorded as claimed here but not held (database crash or lost "
