@@ -52,8 +52,9 @@ async def test_a_cycle_with_a_job_that_must_not_run_twice_waits_for_its_flush(
 
 
 async def test_the_store_tells_its_connections_the_cycle_commit(database_url: str) -> None:
-    for mode in ("async", "sync"):
-        store = await Store.connect(database_url, size=4, cycle_commit=mode)  # type: ignore[arg-type]
+    modes: tuple[CycleCommit, ...] = ("async", "sync")
+    for mode in modes:
+        store = await Store.connect(database_url, size=4, cycle_commit=mode)
         try:
             async with store._pool.acquire() as conn:  # what its statements run on
                 assert await conn.fetchval(
