@@ -78,7 +78,9 @@ class LeaseKeeper:
         await self._store.renew_lease(self._instance_id, self._timeout)
         self.last_renewed = time.monotonic()
         self.fenced = False
-        if await self._store.server_crashed(self._instance_id):
+        # Releasing the lease above removed our mark too: that is no crash, and the rescue
+        # has already handed back every job recorded as ours.
+        if await self._store.server_crashed(self._instance_id) and not recovered:
             # crash recovery may have undone our last cycles (sql/015): jobs we finished or
             # never got may be recorded as ours
             log.warning("the database server crashed since the last heartbeat: taking back "
