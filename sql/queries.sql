@@ -257,4 +257,10 @@ UPDATE t_job_info j
 RETURNING j.id, j.status, j.tenant, j.job_class;
 
 -- name: rescue_orphans
+-- Also forgets the server marks of instances no longer registered: a killed instance never
+-- releases its mark, and the function forgets instances dead for a day.
+WITH forgotten_marks AS (
+    DELETE FROM t_server_mark m
+     WHERE NOT EXISTS (SELECT 1 FROM t_instance i WHERE i.instance_id = m.instance_id)
+)
 SELECT id, status, instance_id, tenant, job_class FROM jobservice_rescue_orphans($1);

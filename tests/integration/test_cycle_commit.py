@@ -163,3 +163,18 @@ async def test_a_claim_whose_outcome_is_unknown_has_its_jobs_taken_back(
                                  "AND status = 'QUEUED'", lost) == 3
 
     await wait_until(queued_again, timeout=10)
+
+
+async def test_the_rescue_forgets_the_server_marks_of_instances_gone(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """A killed instance never releases its mark; once its instance row is forgotten (a day
+    after its lease lapsed), so is its mark. A live instance keeps its own."""
+    await db.execute("SELECT jobservice_renew_lease('live', 60)")
+    await db.execute("INSERT INTO t_server_mark (instance_id) VALUES ('live'), ('gone')")
+    store = await Store.connect(database_url, size=1)
+    try:
+        await store.rescue_orphans()
+    finally:
+        await store.close()
+    assert await db.fetch("SELECT instance_id FROM t_server_mark") == [("live",)]
